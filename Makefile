@@ -1,0 +1,18 @@
+# The two commands of the README. Both set everything up first and are safe to run again.
+.PHONY: setup run test lint bench
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	.venv/bin/imgq-dev
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+test: lint
+	.venv/bin/python -m pytest
+
+bench: setup
+	.venv/bin/python bench/throughput.py

@@ -1,0 +1,57 @@
+"""The Flask app factory: settings in, a configured app with blueprints and error handlers out."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Flask
+
+from api.errors import ImgqApi, register_error_handlers
+from api.health import blp as health_blp
+from api.jobs import blp as jobs_blp
+from api.services import Services
+from imgq.jobs import JobStore
+from imgq.queueing import make_celery
+from imgq.settings import Settings, load_settings
+from ml.registry import ModelRegistry
+
+SOCKET_TIMEOUT_S = 2.0
+"""Redis calls from a request give up after this long, so an outage answers 503 quickly."""
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API app; tests pass their own ``Settings`` instead of touching the environment."""
+    settings = settings or load_settings()
+    app = Flask("imgq")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        API_TITLE="imgq",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+    )
+    celery = make_celery(settings)
+    celery.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1,
+                                             "interval_step": 0.2, "interval_max": 0.5}
+    registry = ModelRegistry(settings.model_store)
+    registry.ensure_builtin(settings.default_backbone, time.time())
+    app.extensions["imgq"] = Services(
+        settings=settings,
+        redis=client,
+        jobs=JobStore(client, settings.job_ttl_s),
+        registry=registry,
+        celery=celery,
+    )
+    api = ImgqApi(app)
+    api.register_blueprint(health_blp)
+    api.register_blueprint(jobs_blp)
+    register_error_handlers(app)
+    return app

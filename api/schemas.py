@@ -1,0 +1,101 @@
+"""Request and response schemas: validation at the edge and the OpenAPI document, in one place."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from imgq.jobs import JobStatus, JobType
+
+MAX_TOP_K = 1000
+"""Largest ``top_k`` accepted; a model's own class count caps what is returned."""
+
+
+class PredictOptionsSchema(Schema):
+    """Options of a predict job, shared by the JSON and multipart forms."""
+
+    top_k = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_TOP_K),
+        metadata={"description": "Labels returned per image (default 5)."},
+    )
+    model = fields.String(
+        validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+        metadata={"description": "Model name (default: the built-in `imagenet`)."},
+    )
+    version = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={"description": "Model version (default: the model's active version)."},
+    )
+
+
+class PredictJsonSchema(PredictOptionsSchema):
+    """``application/json`` body of ``POST /jobs/predict``."""
+
+    images = fields.List(
+        fields.String(), required=True, validate=validate.Length(min=1),
+        metadata={"description": "Base64-encoded images."},
+    )
+
+
+class PredictMultipartSchema(PredictOptionsSchema):
+    """``multipart/form-data`` body of ``POST /jobs/predict`` (documentation only)."""
+
+    image = fields.List(
+        fields.Raw(metadata={"type": "string", "format": "binary"}), required=True,
+        metadata={"description": "One or more image file parts."},
+    )
+
+
+class JobCreatedSchema(Schema):
+    """Answer to an accepted job."""
+
+    id = fields.String(required=True)
+    status = fields.Enum(JobStatus, by_value=True, required=True)
+
+
+class PredictionSchema(Schema):
+    """One label of an image's top-k."""
+
+    label = fields.String()
+    index = fields.Integer()
+    score = fields.Float()
+
+
+class PredictResultSchema(Schema):
+    """``result`` of a succeeded predict job: one top-k list per image, in request order."""
+
+    model = fields.String()
+    version = fields.Integer()
+    predictions = fields.List(fields.List(fields.Nested(PredictionSchema)))
+
+
+class ErrorBodySchema(Schema):
+    """The inner error object."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Raw()
+
+
+class ErrorEnvelopeSchema(Schema):
+    """Every error response: ``{"error": {"code", "message", "details"?}}``."""
+
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class JobSchema(Schema):
+    """``GET /jobs/<id>``."""
+
+    id = fields.String(required=True)
+    type = fields.Enum(JobType, by_value=True, required=True)
+    status = fields.Enum(JobStatus, by_value=True, required=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    result = fields.Raw(allow_none=True, metadata={"description": "See PredictResult."})
+    error = fields.Nested(ErrorBodySchema, allow_none=True)
+
+
+class HealthSchema(Schema):
+    """Health and readiness answers."""
+
+    status = fields.String(required=True)

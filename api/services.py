@@ -1,0 +1,30 @@
+"""What the views need from the outside world, built once per app and kept in ``app.extensions``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+
+from imgq.jobs import JobStore
+from imgq.settings import Settings
+from ml.registry import ModelRegistry
+
+
+@dataclass(frozen=True)
+class Services:
+    """Settings and clients shared by every request of one app."""
+
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobStore
+    registry: ModelRegistry
+    celery: Celery
+
+
+def services() -> Services:
+    """The current app's services."""
+    found: Services = current_app.extensions["imgq"]
+    return found

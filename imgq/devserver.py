@@ -1,0 +1,103 @@
+"""``imgq-dev``: run Redis, the API and the workers on this machine, in the foreground.
+
+Like ``docker compose up``: every process's output goes to this terminal, Ctrl-C or SIGTERM
+stops all of them (workers get a warm shutdown first), and if one of them dies the rest are
+stopped too, so a broken local run never half-works silently.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from imgq.logs import configure_logging
+from imgq.processes import api_argv, predict_worker_argv, redis_argv, train_worker_argv
+from imgq.settings import Settings, load_settings
+
+STOP_GRACE_S = 30.0
+"""How long processes get to finish in-flight work after SIGTERM before SIGKILL."""
+
+
+def wait_for_redis(url: str, timeout_s: float) -> None:
+    """Block until Redis answers PING, or raise TimeoutError."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis at {url} did not answer within {timeout_s}s") from None
+            time.sleep(0.1)
+
+
+def stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every child (workers first, Redis last), then SIGKILL what outlives the grace."""
+    order = [name for name in children if name != "redis"] + ["redis"]
+    for name in order:
+        child = children.get(name)
+        if child and child.poll() is None:
+            child.terminate()
+            if name == "redis":
+                child.wait(timeout=STOP_GRACE_S)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def start_service(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
+    """Start Redis, wait for it, then the API and both workers."""
+    settings.redis_dir.mkdir(parents=True, exist_ok=True)
+    children = {"redis": subprocess.Popen(redis_argv(settings, settings.redis_dir))}
+    wait_for_redis(settings.redis_url, timeout_s=20)
+    children["api"] = subprocess.Popen(api_argv(settings))
+    children["predict-worker"] = subprocess.Popen(predict_worker_argv(settings))
+    children["train-worker"] = subprocess.Popen(train_worker_argv(settings))
+    return children
+
+
+def main() -> int:
+    """Run until interrupted; the exit code is non-zero if a process died on its own."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    os.chdir(Path.cwd())
+    stopping = False
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    children = start_service(settings)
+    print(
+        f"imgq is up: API on http://{settings.api_bind} (try GET /healthz, POST /jobs/predict), "
+        f"Redis at {settings.redis_url}, data under {settings.redis_dir.parent}/. "
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
+    exit_code = 0
+    while not stopping:
+        dead = [name for name, child in children.items() if child.poll() is not None]
+        if dead:
+            print(f"imgq: {', '.join(dead)} exited; stopping the rest.", file=sys.stderr)
+            exit_code = 1
+            break
+        time.sleep(0.5)
+    stop_all(children)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

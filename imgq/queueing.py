@@ -1,0 +1,69 @@
+"""Celery configuration as data, shared by the API (which only sends) and the workers.
+
+The API builds a Celery app from this module and sends tasks by *name*, so the web process never
+imports the worker modules that load TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from imgq.settings import Settings
+
+PREDICT_QUEUE = "predict"
+"""Queue of per-image prediction messages, consumed by prediction workers."""
+TRAIN_QUEUE = "train"
+"""Queue of fine-tune (and later export) jobs, consumed by training workers."""
+WEBHOOKS_QUEUE = "webhooks"
+"""Queue of webhook deliveries."""
+
+PREDICT_IMAGE_TASK = "imgq.predict_image"
+"""One message per image: ``(job_id, index)``; the worker batches them."""
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Return the Celery settings every imgq process shares."""
+    transport_options = {
+        # Redis has no real acks: a message a worker took stays in an "unacked" hash and is
+        # handed out again after this many seconds. It must exceed the longest time a message
+        # is held unacknowledged, and Celery reads it from both option dicts.
+        "visibility_timeout": settings.visibility_timeout_s,
+    }
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # JSON only: a pickle from the queue would run code in the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # The job record in Redis is the result; Celery's result backend stays unused.
+        "task_ignore_result": True,
+        # Ack after the work is stored, and give the message back if the worker process dies,
+        # so an accepted job survives a crash (at-least-once; job records make it effectively-once).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_queues": [Queue(PREDICT_QUEUE), Queue(TRAIN_QUEUE), Queue(WEBHOOKS_QUEUE)],
+        "task_default_queue": PREDICT_QUEUE,
+        "task_routes": {
+            PREDICT_IMAGE_TASK: {"queue": PREDICT_QUEUE},
+            "imgq.train.*": {"queue": TRAIN_QUEUE},
+            "imgq.webhooks.*": {"queue": WEBHOOKS_QUEUE},
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+    }
+
+
+def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
+    """Build a Celery app for imgq; ``include`` names task modules (workers only)."""
+    app = Celery("imgq", include=list(include))
+    app.conf.update(celery_config(settings))
+    return app

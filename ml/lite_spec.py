@@ -1,0 +1,22 @@
+"""EfficientNet-Lite's published variants as plain data, importable without TensorFlow."""
+
+from __future__ import annotations
+
+VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    # name: (width, depth, resolution, dropout)
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+    "lite3": (1.2, 1.4, 280, 0.3),
+    "lite4": (1.4, 1.8, 300, 0.3),
+}
+"""Compound-scaling coefficients of each published variant."""
+
+
+def lite_resolution(backbone: str) -> int:
+    """Input size of an ``efficientnet_liteN`` backbone name."""
+    variant = backbone.removeprefix("efficientnet_")
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown EfficientNet-Lite backbone. Received `backbone={backbone!r}`; "
+                         f"expected one of {['efficientnet_' + v for v in VARIANTS]}.")
+    return VARIANTS[variant][2]

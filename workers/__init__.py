@@ -1,0 +1,1 @@
+"""Celery workers: thin glue from queue messages to ``ml`` calls and job-record updates."""

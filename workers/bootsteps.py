@@ -1,0 +1,35 @@
+"""Worker start-up: load and warm the default model before the worker takes any message.
+
+Running this as a bootstep (not lazily in the first task) means a prediction worker only
+answers ``celery inspect ping`` and consumes once it can serve at full speed, which is what the
+readiness probe needs. Workers that do not consume the predict queue (training, webhooks)
+skip it, so their prefork parent never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+from imgq.queueing import PREDICT_QUEUE
+
+logger = logging.getLogger(__name__)
+
+
+class PreloadModels(bootsteps.StartStopStep):
+    """Loads the default model in a prediction worker's own process."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, worker: Any) -> None:
+        """Called once in the worker process before consumption starts."""
+        if PREDICT_QUEUE not in worker.app.amqp.queues.consume_from:
+            return
+        from workers.predict import model_cache, settings
+
+        model_cache.ensure_default()
+        classifier = model_cache.preload_active(settings.default_model)
+        logger.info("model ready", extra={"model": classifier.version.name,
+                                          "version": classifier.version.version})
