@@ -39,8 +39,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         health_check_interval=30,
     )
     celery = make_celery(settings)
-    celery.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1,
-                                             "interval_step": 0.2, "interval_max": 0.5}
+    celery.conf.task_publish_retry_policy = {
+        "max_retries": 2,
+        "interval_start": 0.1,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
     registry = ModelRegistry(settings.model_store)
     registry.ensure_builtin(settings.default_backbone, time.time())
     app.extensions["imgq"] = Services(

@@ -49,7 +49,7 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return response
 
 
-class ImgqApi(Api):  # type: ignore[misc]
+class ImgqApi(Api):
     """flask-smorest's Api with imgq's error envelope instead of its own."""
 
     def handle_http_exception(self, error: HTTPException) -> Response:
@@ -73,8 +73,9 @@ def _handle_imgq_error(error: ImgqError) -> Response:
 
 
 def _handle_validation_error(error: ValidationError) -> Response:
-    return error_response(422, "validation_error", "The request does not match the schema.",
-                          error.messages)
+    return error_response(
+        422, "validation_error", "The request does not match the schema.", error.messages
+    )
 
 
 def _handle_backend_down(error: Exception) -> Response:
@@ -83,7 +84,7 @@ def _handle_backend_down(error: Exception) -> Response:
 
 
 def _handle_unexpected(error: Exception) -> Response:
-    logger.exception("unhandled error")
+    logger.error("unhandled error", exc_info=error)
     return error_response(500, "internal_error", "An unexpected error occurred.")
 
 

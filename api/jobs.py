@@ -101,18 +101,23 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
     images, options = _read_predict_request()
     _check_images(images)
     svc = services()
-    version = svc.registry.get(options.get("model", svc.settings.default_model),
-                               options.get("version"))
+    version = svc.registry.get(
+        options.get("model", svc.settings.default_model), options.get("version")
+    )
     job_id = new_job_id()
     svc.jobs.create_predict_job(
-        job_id, images, version.name, version.version,
+        job_id,
+        images,
+        version.name,
+        version.version,
         options.get("top_k", svc.settings.default_top_k),
     )
     try:
         with svc.celery.producer_or_acquire() as producer:
             for index in range(len(images)):
-                svc.celery.send_task(PREDICT_IMAGE_TASK, args=[job_id, index],
-                                     queue=PREDICT_QUEUE, producer=producer)
+                svc.celery.send_task(
+                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
+                )
     except Exception as exc:
         svc.jobs.delete(job_id)
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc

@@ -31,7 +31,9 @@ class PredictJsonSchema(PredictOptionsSchema):
     """``application/json`` body of ``POST /jobs/predict``."""
 
     images = fields.List(
-        fields.String(), required=True, validate=validate.Length(min=1),
+        fields.String(),
+        required=True,
+        validate=validate.Length(min=1),
         metadata={"description": "Base64-encoded images."},
     )
 
@@ -40,7 +42,8 @@ class PredictMultipartSchema(PredictOptionsSchema):
     """``multipart/form-data`` body of ``POST /jobs/predict`` (documentation only)."""
 
     image = fields.List(
-        fields.Raw(metadata={"type": "string", "format": "binary"}), required=True,
+        fields.Raw(metadata={"type": "string", "format": "binary"}),
+        required=True,
         metadata={"description": "One or more image file parts."},
     )
 

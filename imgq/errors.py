@@ -102,13 +102,6 @@ class ServiceUnavailable(ImgqError):
     status = 503
 
 
-class PredictionFailed(ImgqError):
-    """The model could not run on an image for a reason other than the image itself."""
-
-    code = "prediction_failed"
-    status = 500
-
-
 class UnsupportedMediaType(ImgqError):
     """The request body is neither of the content types an endpoint accepts."""
 

@@ -13,16 +13,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """Every state a job can be in; ``succeeded`` and ``failed`` are terminal."""
 
     QUEUED = "queued"
@@ -36,7 +37,7 @@ class JobStatus(str, Enum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
-class JobType(str, Enum):
+class JobType(StrEnum):
     """What a job does."""
 
     PREDICT = "predict"
@@ -111,6 +112,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _now() -> float:
     return time.time()
 
@@ -130,7 +135,7 @@ class JobStore:
     ) -> None:
         """Store a queued predict job with its images in one transaction."""
         head = json.dumps({"model": model, "version": version})[:-1] + ", "
-        record = {
+        record: dict[FieldT, EncodableT] = {
             "id": job_id,
             "type": JobType.PREDICT.value,
             "status": JobStatus.QUEUED.value,
@@ -157,7 +162,7 @@ class JobStore:
         raw = self._redis.hgetall(record_key(job_id))
         if not raw:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {_text(k): _text(v) for k, v in raw.items()}
         return _document(fields)
 
     def predict_targets(self, job_ids: Sequence[str]) -> dict[str, PredictTarget | None]:
@@ -167,12 +172,10 @@ class JobStore:
             pipe.hmget(record_key(job_id), ["status", "model", "version", "top_k"])
         targets: dict[str, PredictTarget | None] = {}
         for job_id, (status, model, version, top_k) in zip(job_ids, pipe.execute(), strict=True):
-            if status is None or JobStatus(status.decode()).is_terminal:
+            if status is None or JobStatus(_text(status)).is_terminal:
                 targets[job_id] = None
             else:
-                targets[job_id] = PredictTarget(
-                    job_id, model.decode(), int(version), int(top_k)
-                )
+                targets[job_id] = PredictTarget(job_id, _text(model), int(version), int(top_k))
         return targets
 
     def load_images(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:

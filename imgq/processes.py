@@ -19,25 +19,40 @@ def redis_argv(settings: Settings, data_dir: Path) -> list[str]:
     url = urlparse(settings.redis_url)
     return [
         "redis-server",
-        "--port", str(url.port or 6379),
-        "--bind", url.hostname or "127.0.0.1",
-        "--dir", str(data_dir.resolve()),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--daemonize", "no",
+        "--port",
+        str(url.port or 6379),
+        "--bind",
+        url.hostname or "127.0.0.1",
+        "--dir",
+        str(data_dir.resolve()),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
     ]
 
 
 def api_argv(settings: Settings, bind: str | None = None) -> list[str]:
     """Gunicorn serving the Flask app with threaded workers."""
     return [
-        sys.executable, "-m", "gunicorn", "api.wsgi:app",
-        "--bind", bind or settings.api_bind,
-        "--worker-class", "gthread",
-        "--workers", str(settings.api_workers),
-        "--threads", str(settings.api_threads),
-        "--graceful-timeout", "20",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "api.wsgi:app",
+        "--bind",
+        bind or settings.api_bind,
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(settings.api_workers),
+        "--threads",
+        str(settings.api_threads),
+        "--graceful-timeout",
+        "20",
     ]
 
 
@@ -48,24 +63,50 @@ def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
     forward pass ends, while the queue keeps the rest visible to an autoscaler.
     """
     return [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "--queues", PREDICT_QUEUE,
-        "--pool", "threads", "--concurrency", "1",
-        "--prefetch-multiplier", str(2 * settings.max_batch_size),
-        "--hostname", f"{name}@%h",
-        "--without-gossip", "--without-mingle",
-        "--loglevel", settings.log_level,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--queues",
+        PREDICT_QUEUE,
+        "--pool",
+        "threads",
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        str(2 * settings.max_batch_size),
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        settings.log_level,
     ]
 
 
 def train_worker_argv(settings: Settings, name: str = "train") -> list[str]:
     """A training worker: prefork with one child, which imports TensorFlow after the fork."""
     return [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "--queues", TRAIN_QUEUE,
-        "--pool", "prefork", "--concurrency", "1",
-        "--prefetch-multiplier", "1",
-        "--hostname", f"{name}@%h",
-        "--without-gossip", "--without-mingle",
-        "--loglevel", settings.log_level,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--queues",
+        TRAIN_QUEUE,
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        settings.log_level,
     ]

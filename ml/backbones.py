@@ -16,8 +16,8 @@ from typing import Any
 import keras
 
 from ml.efficientnet_lite import build_efficientnet_lite
-from ml.lite_spec import VARIANTS
 from ml.layers import CaffePreprocess
+from ml.lite_spec import VARIANTS
 from ml.weights import converted_lite_weights, find_weights_file, lite_checkpoint_path
 
 
@@ -90,8 +90,9 @@ def default_image_size(name: str) -> int:
 
 def _check_name(name: str) -> None:
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone. Received `name={name!r}`; expected one of "
-                         f"{list(BACKBONES)}.")
+        raise ValueError(
+            f"Unknown backbone. Received `name={name!r}`; expected one of {list(BACKBONES)}."
+        )
 
 
 def load_backbone(
@@ -113,7 +114,7 @@ def load_backbone(
         ValueError: unknown name or too small an image size.
     """
     _check_name(name)
-    if image_size < 32:  # noqa: PLR2004
+    if image_size < 32:
         raise ValueError(f"`image_size` must be at least 32. Received {image_size}.")
     shape = (image_size, image_size, 3)
     if name.startswith("efficientnet_lite"):

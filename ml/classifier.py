@@ -89,7 +89,10 @@ class Classifier:
 
 
 def load_classifier(
-    version: ModelVersion, version_dir: Path, weights_dir: Path, max_batch: int,
+    version: ModelVersion,
+    version_dir: Path,
+    weights_dir: Path,
+    max_batch: int,
     lite_checkpoint: Path | None = None,
 ) -> Classifier:
     """Load a registered version from the store (or pretrained weights, for built-ins)."""

@@ -42,6 +42,7 @@ _STAGES = (
     _Stage(3, 1, 6, 192, 320, 1),
 )
 
+
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
     scaled = filters * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
@@ -71,7 +72,7 @@ def _block_plan(width: float, depth: float) -> list[tuple[int, int, int, int, in
     return plan
 
 
-def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, relu: bool) -> Any:
+def _conv_bn(x: Any, filters: int, kernel: int, stride: int, *, name: str, relu: bool) -> Any:
     x = keras.layers.Conv2D(
         filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
@@ -79,26 +80,22 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, relu: bo
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
 
-def _mbconv(
-    x: Any, spec: tuple[int, int, int, int, int], index: int, drop_rate: float
-) -> Any:
+def _mbconv(x: Any, spec: tuple[int, int, int, int, int], index: int, drop_rate: float) -> Any:
     kernel, stride, expand, filters_in, filters_out = spec
     name = f"block{index}"
     inputs = x
     if expand != 1:
-        x = _conv_bn(x, filters_in * expand, 1, 1, f"{name}_expand", relu=True)
+        x = _conv_bn(x, filters_in * expand, 1, 1, name=f"{name}_expand", relu=True)
     x = keras.layers.DepthwiseConv2D(
         kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
     )(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
-    x = _conv_bn(x, filters_out, 1, 1, f"{name}_project", relu=False)
+    x = _conv_bn(x, filters_out, 1, 1, name=f"{name}_project", relu=False)
     if stride == 1 and filters_in == filters_out:
         if drop_rate > 0:
             # Stochastic depth: drops the whole residual branch per sample while training.
-            x = keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(
-                x
-            )
+            x = keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
         x = keras.layers.Add(name=f"{name}_add")([x, inputs])
     return x
 
@@ -128,19 +125,21 @@ def build_efficientnet_lite(
         An uncompiled ``keras.Model`` named ``efficientnet_<variant>``.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"Unknown EfficientNet-Lite variant. Received `variant={variant!r}`; "
-                         f"expected one of {sorted(VARIANTS)}.")
+        raise ValueError(
+            f"Unknown EfficientNet-Lite variant. Received `variant={variant!r}`; "
+            f"expected one of {sorted(VARIANTS)}."
+        )
     width, depth, resolution, dropout = VARIANTS[variant]
     shape = input_shape or (resolution, resolution, 3)
-    if len(shape) != 3 or shape[-1] != 3:  # noqa: PLR2004
+    if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(f"`input_shape` must be (height, width, 3). Received {shape!r}.")
     inputs = keras.Input(shape=shape, name="image")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="scale")(inputs)
-    x = _conv_bn(x, 32, 3, 2, "stem", relu=True)
+    x = _conv_bn(x, 32, 3, 2, name="stem", relu=True)
     plan = _block_plan(width, depth)
     for index, spec in enumerate(plan):
         x = _mbconv(x, spec, index, drop_connect_rate * index / len(plan))
-    x = _conv_bn(x, 1280, 1, 1, "head", relu=True)
+    x = _conv_bn(x, 1280, 1, 1, name="head", relu=True)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(dropout, name="top_dropout")(x)

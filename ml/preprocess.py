@@ -40,8 +40,11 @@ def _open(image_bytes: bytes, limits: ImageLimits) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(image_bytes))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
         if isinstance(exc, Image.DecompressionBombWarning | Image.DecompressionBombError):
             raise DecompressionBomb(f"The image declares too many pixels: {exc}") from exc
         raise InvalidImage("The bytes are not an image in a format imgq reads.") from exc

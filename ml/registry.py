@@ -78,8 +78,11 @@ class ModelRegistry:
         folder = self._model_dir(name)
         if not folder.is_dir():
             raise ModelNotFound(f"No model named {name!r}.", {"model": name})
-        return sorted(int(p.name) for p in folder.iterdir()
-                      if p.name.isdigit() and (p / "meta.json").is_file())
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isdigit() and (p / "meta.json").is_file()
+        )
 
     def active_version(self, name: str) -> int:
         """The version served when a request names none."""
@@ -124,9 +127,15 @@ class ModelRegistry:
         folder = self.version_dir(BUILTIN_IMAGENET, 1)
         if not (folder / "meta.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            version = ModelVersion(BUILTIN_IMAGENET, 1, "builtin", backbone,
-                                   lite_resolution(backbone),
-                                   "imagenet1k", created_at)
+            version = ModelVersion(
+                BUILTIN_IMAGENET,
+                1,
+                "builtin",
+                backbone,
+                lite_resolution(backbone),
+                "imagenet1k",
+                created_at,
+            )
             _write_atomically(folder / "meta.json", json.dumps(version.to_dict(), indent=2))
         if not (self.store / BUILTIN_IMAGENET / "active").is_file():
             _write_atomically(self.store / BUILTIN_IMAGENET / "active", "1\n")

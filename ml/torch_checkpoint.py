@@ -97,7 +97,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         typename = pid[0].decode() if isinstance(pid[0], bytes) else pid[0]
-        if typename != "storage" or len(pid) != 6:  # noqa: PLR2004 (storage record arity)
+        if typename != "storage" or len(pid) != 6:
             raise CheckpointError(f"unsupported persistent id {typename!r}")
         storage_type, key, _location, numel, _view = pid[1:]
         if not isinstance(storage_type, _StorageType):

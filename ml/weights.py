@@ -103,9 +103,7 @@ def converted_lite_weights(variant: str, checkpoint: Path, weights_dir: Path) ->
     model = build_efficientnet_lite(variant, include_top=True, classes=1000)
     assign_torch_weights(model, load_state_dict(checkpoint))
     weights_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=weights_dir, suffix=".weights.h5", delete=False
-    ) as handle:
+    with tempfile.NamedTemporaryFile(dir=weights_dir, suffix=".weights.h5", delete=False) as handle:
         partial = Path(handle.name)
     try:
         model.save_weights(partial)

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,14 +61,16 @@ def child_env(settings: Settings) -> dict[str, str]:
 class Service:
     """A started process whose output goes to a log file that failing tests can print."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path,
-                 url: str = "") -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str = ""
+    ) -> None:
         self.name = name
         self.url = url
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def log(self) -> str:
         """Everything the process printed so far."""
@@ -100,8 +103,9 @@ def redis_service(service_dir: Path) -> Iterator[Service]:
     data = service_dir / "redis"
     data.mkdir()
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0")
-    service = Service("redis", redis_argv(settings, data), dict(os.environ), service_dir,
-                      url=settings.redis_url)
+    service = Service(
+        "redis", redis_argv(settings, data), dict(os.environ), service_dir, url=settings.redis_url
+    )
     wait_until(lambda: redis.Redis(port=port).ping(), 20, "redis-server")
     yield service
     service.stop()
@@ -132,8 +136,9 @@ def redis_client(settings: Settings) -> redis.Redis:
 def predict_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real prediction worker process, returned once its model is loaded and it consumes."""
     name = f"predict-{free_port()}"
-    service = Service("predict-worker", predict_worker_argv(settings, name), child_env(settings),
-                      service_dir)
+    service = Service(
+        "predict-worker", predict_worker_argv(settings, name), child_env(settings), service_dir
+    )
     control = make_celery(settings).control
     node = f"{name}@{socket.gethostname()}"
 
@@ -151,8 +156,9 @@ def predict_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
 def api_server(settings: Settings, service_dir: Path) -> Iterator[str]:
     """A real gunicorn serving the API; yields its base URL."""
     port = free_port()
-    service = Service("api", api_argv(settings, bind=f"127.0.0.1:{port}"), child_env(settings),
-                      service_dir)
+    service = Service(
+        "api", api_argv(settings, bind=f"127.0.0.1:{port}"), child_env(settings), service_dir
+    )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(f"{base}/healthz", timeout=1).ok, 60, "gunicorn")
     yield base
@@ -182,9 +188,9 @@ def coffee_jpeg() -> bytes:
     return jpeg_bytes(data.coffee())
 
 
-def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, object]:
+def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     """Poll ``GET /jobs/<id>`` until the job ends; return its document."""
-    document: dict[str, object] = {}
+    document: dict[str, Any] = {}
 
     def ended() -> bool:
         nonlocal document

@@ -19,8 +19,11 @@ ESPRESSO = 967
 def test_cat_photo_posted_as_multipart_is_labelled_a_cat(
     api_server: str, predict_worker: Service, cat_jpeg: bytes
 ) -> None:
-    response = requests.post(f"{api_server}/jobs/predict",
-                             files={"image": ("cat.jpg", cat_jpeg, "image/jpeg")}, timeout=10)
+    response = requests.post(
+        f"{api_server}/jobs/predict",
+        files={"image": ("cat.jpg", cat_jpeg, "image/jpeg")},
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "queued"
@@ -44,8 +47,9 @@ def test_several_images_as_base64_json_come_back_in_request_order(
     api_server: str, predict_worker: Service, cat_jpeg: bytes, coffee_jpeg: bytes
 ) -> None:
     images = [base64.b64encode(b).decode() for b in (coffee_jpeg, cat_jpeg, coffee_jpeg)]
-    response = requests.post(f"{api_server}/jobs/predict",
-                             json={"images": images, "top_k": 2}, timeout=10)
+    response = requests.post(
+        f"{api_server}/jobs/predict", json={"images": images, "top_k": 2}, timeout=10
+    )
     assert response.status_code == 202, response.text
     job = wait_for_job(api_server, response.json()["id"])
     assert job["status"] == "succeeded", job
@@ -63,16 +67,21 @@ def test_unknown_job_id_is_a_json_404(api_server: str) -> None:
 
 
 def test_bad_image_is_rejected_before_queueing(api_server: str) -> None:
-    response = requests.post(f"{api_server}/jobs/predict",
-                             files={"image": ("x.jpg", b"not an image", "image/jpeg")}, timeout=5)
+    response = requests.post(
+        f"{api_server}/jobs/predict",
+        files={"image": ("x.jpg", b"not an image", "image/jpeg")},
+        timeout=5,
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_image"
 
 
 def test_body_over_the_limit_is_a_json_413(api_server: str) -> None:
-    response = requests.post(f"{api_server}/jobs/predict",
-                             files={"image": ("big.jpg", b"\xff" * (33 * 1024 * 1024))},
-                             timeout=30)
+    response = requests.post(
+        f"{api_server}/jobs/predict",
+        files={"image": ("big.jpg", b"\xff" * (33 * 1024 * 1024))},
+        timeout=30,
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
 

@@ -27,9 +27,12 @@ class PreloadModels(bootsteps.StartStopStep):
         """Called once in the worker process before consumption starts."""
         if PREDICT_QUEUE not in worker.app.amqp.queues.consume_from:
             return
-        from workers.predict import model_cache, settings
+        from workers.celery_app import settings
+        from workers.predict import model_cache
 
         model_cache.ensure_default()
         classifier = model_cache.preload_active(settings.default_model)
-        logger.info("model ready", extra={"model": classifier.version.name,
-                                          "version": classifier.version.version})
+        logger.info(
+            "model ready",
+            extra={"model": classifier.version.name, "version": classifier.version.version},
+        )

@@ -36,7 +36,7 @@ _limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 _decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
 
-class AckAfterStoreBatches(Batches):  # type: ignore[misc]
+class AckAfterStoreBatches(Batches):
     """``Batches`` that requeues a batch whose run raised, instead of acking it.
 
     Upstream ``celery-batches`` acknowledges late-ack requests even when the batch raised,
@@ -54,9 +54,7 @@ class AckAfterStoreBatches(Batches):  # type: ignore[misc]
                 else:
                     request.reject(requeue=True)
 
-        return self._pool.apply_async(
-            _apply_batch, (self, simple, 0, None), callback=on_return
-        )
+        return self._pool.apply_async(_apply_batch, (self, simple, 0, None), callback=on_return)
 
 
 def _apply_batch(task: Any, args: Any, loglevel: int, logfile: None) -> Any:
@@ -80,8 +78,8 @@ def predict_images(requests: Sequence[SimpleRequest]) -> bool:
     if not live:
         return True  # every job ended or expired: nothing to do, ack
     job_store.mark_running(sorted({job_id for job_id, _ in live}))
-    by_model: dict[tuple[str, int], list[tuple[PredictTarget, int, bytes | None]]] = (
-        defaultdict(list)
+    by_model: dict[tuple[str, int], list[tuple[PredictTarget, int, bytes | None]]] = defaultdict(
+        list
     )
     for (job_id, index), image in zip(live, job_store.load_images(live), strict=True):
         target = targets[job_id]
@@ -113,8 +111,11 @@ def _run_model(
             job_store.fail(target.job_id, exc.to_dict())
         return
     decoded = list(_decoders.map(lambda item: _decode(item[2], classifier.image_size), items))
-    good = [(item, pixels) for item, pixels in zip(items, decoded, strict=True)
-            if isinstance(pixels, np.ndarray)]
+    good = [
+        (item, pixels)
+        for item, pixels in zip(items, decoded, strict=True)
+        if isinstance(pixels, np.ndarray)
+    ]
     for (target, index, _), error in zip(items, decoded, strict=True):
         if isinstance(error, ImgqError):
             detail = {**error.to_dict(), "details": {"image": index}}
@@ -128,5 +129,12 @@ def _run_model(
         top = classifier.top_k(row[None, :], target.top_k)[0]
         results.append((target.job_id, index, [asdict(p) for p in top]))
     completed = job_store.store_predictions(results)
-    logger.info("batch done", extra={"model": model, "version": version,
-                                     "batch_size": len(good), "jobs_completed": completed})
+    logger.info(
+        "batch done",
+        extra={
+            "model": model,
+            "version": version,
+            "batch_size": len(good),
+            "jobs_completed": completed,
+        },
+    )

@@ -1,0 +1,130 @@
+"""Bad requests get a JSON error with a stable code and the right 4xx, never a 500.
+
+These use Flask's test client (request parsing and error shapes do not depend on the server)
+against the real Redis of the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from imgq.settings import Settings
+from tests.conftest import jpeg_bytes
+
+
+@pytest.fixture
+def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
+    app = create_app(settings.model_copy(update={"max_request_bytes": 2_000_000,
+                                                 "max_images_per_job": 3}))
+    with app.test_client() as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def small_jpeg() -> bytes:
+    import numpy as np
+
+    return jpeg_bytes(np.full((16, 16, 3), 128, np.uint8))
+
+
+def _error(response: object) -> tuple[int, str]:
+    body = response.get_json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return response.status_code, body["error"]["code"]  # type: ignore[attr-defined]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"data": b"x", "content_type": "text/plain"}, (415, "unsupported_media_type")),
+        ({"data": b"{not json", "content_type": "application/json"}, (400, "invalid_request")),
+        ({"json": ["a", "list"]}, (400, "invalid_request")),
+        ({"json": {}}, (422, "validation_error")),
+        ({"json": {"images": []}}, (422, "validation_error")),
+        ({"json": {"images": ["@@@"]}}, (400, "invalid_request")),
+        ({"json": {"images": [_b64(b"GIF89a garbage")]}}, (400, "invalid_image")),
+        ({"json": {"images": [""]}}, (400, "invalid_image")),
+        ({"data": {}, "content_type": "multipart/form-data"}, (400, "invalid_request")),
+    ],
+)
+def test_malformed_predict_requests(
+    client: FlaskClient, kwargs: dict[str, object], expected: tuple[int, str]
+) -> None:
+    assert _error(client.post("/jobs/predict", **kwargs)) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"top_k": 0}, (422, "validation_error")),
+        ({"top_k": 100000}, (422, "validation_error")),
+        ({"top_k": "five"}, (422, "validation_error")),
+        ({"surprise": 1}, (422, "validation_error")),
+        ({"model": "no-such-model"}, (404, "model_not_found")),
+        ({"model": "../../etc"}, (422, "validation_error")),
+        ({"version": 99}, (404, "version_not_found")),
+    ],
+)
+def test_bad_options_are_rejected(
+    client: FlaskClient, small_jpeg: bytes, options: dict[str, object],
+    expected: tuple[int, str],
+) -> None:
+    response = client.post("/jobs/predict", json={"images": [_b64(small_jpeg)], **options})
+    assert _error(response) == expected
+
+
+def test_too_many_images(client: FlaskClient, small_jpeg: bytes) -> None:
+    response = client.post("/jobs/predict", json={"images": [_b64(small_jpeg)] * 4})
+    assert _error(response) == (400, "too_many_images")
+
+
+def test_oversized_body_is_413(client: FlaskClient) -> None:
+    response = client.post("/jobs/predict", data=b"[" * 2_100_000,
+                           content_type="application/json")
+    assert _error(response) == (413, "payload_too_large")
+
+
+def test_unexpected_file_part_is_named(client: FlaskClient, small_jpeg: bytes) -> None:
+    response = client.post("/jobs/predict", data={"photo": (io.BytesIO(small_jpeg), "a.jpg")},
+                           content_type="multipart/form-data")
+    status, code = _error(response)
+    assert (status, code) == (400, "invalid_request")
+    assert "photo" in response.get_json()["error"]["message"]
+
+
+def test_second_bad_image_is_reported_by_index(client: FlaskClient, small_jpeg: bytes) -> None:
+    response = client.post("/jobs/predict",
+                           json={"images": [_b64(small_jpeg), _b64(small_jpeg[:40])]})
+    assert _error(response) == (400, "invalid_image")
+    assert response.get_json()["error"]["details"]["image"] == 1
+
+
+def test_unknown_route_and_method(client: FlaskClient) -> None:
+    assert _error(client.get("/nope")) == (404, "not_found")
+    assert _error(client.put("/jobs/predict")) == (405, "method_not_allowed")
+
+
+def test_openapi_document_is_served(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert "/jobs/predict" in spec["paths"]
+    content = spec["paths"]["/jobs/predict"]["post"]["requestBody"]["content"]
+    assert set(content) == {"multipart/form-data", "application/json"}
+
+
+def test_redis_down_is_a_503_with_retry_after(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    response = app.test_client().get("/readyz")
+    assert _error(response) == (503, "service_unavailable")
+    assert response.headers["Retry-After"]

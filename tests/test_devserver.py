@@ -1,0 +1,60 @@
+"""The README's run command: brings up Redis, the API and both workers, and stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from imgq.envvars import settings_env
+from imgq.settings import Settings
+from tests.conftest import REPO, WEIGHTS_CACHE, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                           text=True, check=False).stdout.split()
+    return [int(child) for child in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        api_bind=f"127.0.0.1:{port}",
+        model_store=tmp_path / "models",
+        redis_dir=tmp_path / "redis",
+        weights_dir=WEIGHTS_CACHE,
+        api_workers=1,
+    )
+    env = {**os.environ, **settings_env(settings)}
+    process = subprocess.Popen([sys.executable, "-m", "imgq.devserver"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 60, "the API")
+        children = _children(process.pid)
+        assert len(children) == 4  # redis, gunicorn, prediction worker, training worker
+        assert (tmp_path / "redis" / "appendonlydir").is_dir()  # AOF persistence is on
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output[-3000:]
+    assert f"http://127.0.0.1:{port}" in output
+    assert not [pid for pid in children if _alive(pid)]
