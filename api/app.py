@@ -11,6 +11,7 @@ from api.errors import ImgqApi, register_error_handlers
 from api.health import blp as health_blp
 from api.jobs import blp as jobs_blp
 from api.services import Services
+from api.waiters import JobWaiters
 from imgq.jobs import JobStore
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         jobs=JobStore(client, settings.job_ttl_s),
         registry=registry,
         celery=celery,
+        waiters=JobWaiters(client),
     )
     api = ImgqApi(app)
     api.register_blueprint(health_blp)

@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from api.schemas import (
     ErrorEnvelopeSchema,
     JobCreatedSchema,
+    JobQuerySchema,
     JobSchema,
     PredictJsonSchema,
     PredictMultipartSchema,
@@ -126,11 +127,25 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @blp.route("/<string:job_id>")
+@blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
-def get_job(job_id: str) -> dict[str, Any]:
-    """Read a job's state, and its result or error once it has ended."""
-    document = services().jobs.get(job_id)
-    if document is None:
-        raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Read a job's state, and its result or error once it has ended.
+
+    With ``wait``, the answer is held until the job ends or ``wait`` seconds pass, so clients
+    get results as soon as they exist without polling in a tight loop.
+    """
+    svc = services()
+    event = svc.waiters.register(job_id) if query["wait"] > 0 else None
+    try:
+        document = svc.jobs.get(job_id)
+        if document is None:
+            raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+        if event is not None and not document["status"].is_terminal:
+            event.wait(query["wait"])
+            document = svc.jobs.get(job_id) or document
+    finally:
+        if event is not None:
+            svc.waiters.unregister(job_id, event)
     return document

@@ -98,6 +98,16 @@ class JobSchema(Schema):
     error = fields.Nested(ErrorBodySchema, allow_none=True)
 
 
+class JobQuerySchema(Schema):
+    """Query of ``GET /jobs/<id>``."""
+
+    wait = fields.Float(
+        load_default=0.0,
+        validate=validate.Range(min=0, max=60),
+        metadata={"description": "Seconds to hold the request until the job ends (long poll)."},
+    )
+
+
 class HealthSchema(Schema):
     """Health and readiness answers."""
 

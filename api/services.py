@@ -8,6 +8,7 @@ import redis
 from celery import Celery
 from flask import current_app
 
+from api.waiters import JobWaiters
 from imgq.jobs import JobStore
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
@@ -22,6 +23,7 @@ class Services:
     jobs: JobStore
     registry: ModelRegistry
     celery: Celery
+    waiters: JobWaiters
 
 
 def services() -> Services:

@@ -21,6 +21,8 @@ from redis.typing import EncodableT, FieldT
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
+DONE_CHANNEL = "imgq:jobs:done"
+"""Pub/sub channel that carries the id of every job reaching a terminal state."""
 
 
 class JobStatus(StrEnum):
@@ -59,9 +61,10 @@ def predictions_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:predictions"
 
 
-# KEYS: record, predictions, images. ARGV: index, predictions JSON, now, ttl.
+# KEYS: record, predictions, images. ARGV: index, predictions JSON, now, ttl, job id, channel.
 # Stores one image's predictions once (HSETNX: a redelivered message cannot overwrite a stored
-# result), and when the last image lands assembles the result and marks the job succeeded.
+# result), and when the last image lands assembles the result, marks the job succeeded,
+# announces it, and returns its created_at (else 0: job over or gone, 1: stored, not last).
 _STORE_PREDICTION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' then return 0 end
@@ -76,16 +79,18 @@ redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[3],
            'result', head .. '"predictions": [' .. table.concat(parts, ', ') .. ']}')
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
 redis.call('DEL', KEYS[2], KEYS[3])
-return 2
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return redis.call('HGET', KEYS[1], 'created_at')
 """
 
-# KEYS: record, predictions, images. ARGV: error JSON, now.
+# KEYS: record, predictions, images. ARGV: error JSON, now, job id, channel.
 _FAIL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
@@ -193,23 +198,26 @@ class JobStore:
             self._mark_running(keys=[record_key(job_id)], args=[now], client=pipe)
         pipe.execute()
 
-    def store_predictions(self, results: Sequence[tuple[str, int, list[dict[str, Any]]]]) -> int:
-        """Store per-image predictions; returns how many jobs this call completed."""
-        now = repr(_now())
+    def store_predictions(
+        self, results: Sequence[tuple[str, int, list[dict[str, Any]]]]
+    ) -> list[float]:
+        """Store per-image predictions; returns the latency (s) of each job this call completed."""
+        now = _now()
         pipe = self._redis.pipeline(transaction=False)
         for job_id, index, predictions in results:
             self._store_prediction(
                 keys=[record_key(job_id), predictions_key(job_id), images_key(job_id)],
-                args=[index, json.dumps(predictions), now, self._ttl_s],
+                args=[index, json.dumps(predictions), repr(now), self._ttl_s, job_id, DONE_CHANNEL],
                 client=pipe,
             )
-        return sum(1 for outcome in pipe.execute() if outcome == 2)
+        # A completed job's script returns its created_at as a string; others return 0 or 1.
+        return [now - float(outcome) for outcome in pipe.execute() if isinstance(outcome, bytes)]
 
     def fail(self, job_id: str, error: dict[str, Any]) -> bool:
         """Mark a job failed with an error envelope; False if it had already ended."""
         outcome = self._fail(
             keys=[record_key(job_id), predictions_key(job_id), images_key(job_id)],
-            args=[json.dumps(error), repr(_now())],
+            args=[json.dumps(error), repr(_now()), job_id, DONE_CHANNEL],
         )
         return bool(outcome)
 

@@ -60,11 +60,16 @@ class Settings(BaseSettings):
     model_cache_size: PositiveInt = 3
     """Model versions a prediction worker keeps loaded."""
 
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    """Port of a worker's Prometheus endpoint (0: none)."""
+    ready_file: Path = Path("/tmp/imgq-ready")  # noqa: S108 (a probe target, not a secret)
+    """File a prediction worker creates once its model is warm (a readiness probe target)."""
+
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on in the local run."""
     api_workers: PositiveInt = 2
     """Gunicorn worker processes."""
-    api_threads: PositiveInt = 8
+    api_threads: PositiveInt = 16
     """Threads per gunicorn worker."""
     redis_dir: Path = _VAR / "redis"
     """Data directory of the Redis that the local run starts (AOF on)."""

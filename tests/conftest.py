@@ -62,10 +62,18 @@ class Service:
     """A started process whose output goes to a log file that failing tests can print."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str = ""
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        url: str = "",
+        node: str = "",
     ) -> None:
         self.name = name
         self.url = url
+        self.node = node
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -122,7 +130,9 @@ def settings(redis_service: Service, service_dir: Path) -> Settings:
         redis_dir=service_dir / "redis",
         max_batch_delay_ms=20,
         api_workers=1,
-        api_threads=4,
+        api_threads=8,
+        metrics_port=free_port(),
+        ready_file=service_dir / "predict-ready",
     )
 
 
@@ -136,11 +146,15 @@ def redis_client(settings: Settings) -> redis.Redis:
 def predict_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real prediction worker process, returned once its model is loaded and it consumes."""
     name = f"predict-{free_port()}"
+    node = f"{name}@{socket.gethostname()}"
     service = Service(
-        "predict-worker", predict_worker_argv(settings, name), child_env(settings), service_dir
+        "predict-worker",
+        predict_worker_argv(settings, name),
+        child_env(settings),
+        service_dir,
+        node=node,
     )
     control = make_celery(settings).control
-    node = f"{name}@{socket.gethostname()}"
 
     def answers() -> bool:
         if service.process.poll() is not None:
@@ -189,13 +203,26 @@ def coffee_jpeg() -> bytes:
 
 
 def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    """Poll ``GET /jobs/<id>`` until the job ends; return its document."""
+    """Long-poll ``GET /jobs/<id>?wait=`` until the job ends; return its document."""
     document: dict[str, Any] = {}
 
     def ended() -> bool:
         nonlocal document
-        document = requests.get(f"{base}/jobs/{job_id}", timeout=5).json()
+        document = requests.get(f"{base}/jobs/{job_id}", params={"wait": 5}, timeout=10).json()
         return document["status"] in ("succeeded", "failed")
 
     wait_until(ended, timeout_s, f"job {job_id}")
     return document
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a Prometheus endpoint, keyed ``name{label="value",...}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples

@@ -21,8 +21,9 @@ from tests.conftest import jpeg_bytes
 
 @pytest.fixture
 def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
-    app = create_app(settings.model_copy(update={"max_request_bytes": 2_000_000,
-                                                 "max_images_per_job": 3}))
+    app = create_app(
+        settings.model_copy(update={"max_request_bytes": 2_000_000, "max_images_per_job": 3})
+    )
     with app.test_client() as test_client:
         yield test_client
 
@@ -78,7 +79,9 @@ def test_malformed_predict_requests(
     ],
 )
 def test_bad_options_are_rejected(
-    client: FlaskClient, small_jpeg: bytes, options: dict[str, object],
+    client: FlaskClient,
+    small_jpeg: bytes,
+    options: dict[str, object],
     expected: tuple[int, str],
 ) -> None:
     response = client.post("/jobs/predict", json={"images": [_b64(small_jpeg)], **options})
@@ -91,22 +94,25 @@ def test_too_many_images(client: FlaskClient, small_jpeg: bytes) -> None:
 
 
 def test_oversized_body_is_413(client: FlaskClient) -> None:
-    response = client.post("/jobs/predict", data=b"[" * 2_100_000,
-                           content_type="application/json")
+    response = client.post("/jobs/predict", data=b"[" * 2_100_000, content_type="application/json")
     assert _error(response) == (413, "payload_too_large")
 
 
 def test_unexpected_file_part_is_named(client: FlaskClient, small_jpeg: bytes) -> None:
-    response = client.post("/jobs/predict", data={"photo": (io.BytesIO(small_jpeg), "a.jpg")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/jobs/predict",
+        data={"photo": (io.BytesIO(small_jpeg), "a.jpg")},
+        content_type="multipart/form-data",
+    )
     status, code = _error(response)
     assert (status, code) == (400, "invalid_request")
     assert "photo" in response.get_json()["error"]["message"]
 
 
 def test_second_bad_image_is_reported_by_index(client: FlaskClient, small_jpeg: bytes) -> None:
-    response = client.post("/jobs/predict",
-                           json={"images": [_b64(small_jpeg), _b64(small_jpeg[:40])]})
+    response = client.post(
+        "/jobs/predict", json={"images": [_b64(small_jpeg), _b64(small_jpeg[:40])]}
+    )
     assert _error(response) == (400, "invalid_image")
     assert response.get_json()["error"]["details"]["image"] == 1
 

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 
 
 def _children(pid: int) -> list[int]:
-    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                           text=True, check=False).stdout.split()
+    found = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
     return [int(child) for child in found]
 
 
@@ -42,10 +43,18 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
         redis_dir=tmp_path / "redis",
         weights_dir=WEIGHTS_CACHE,
         api_workers=1,
+        metrics_port=free_port(),
+        ready_file=tmp_path / "ready",
     )
     env = {**os.environ, **settings_env(settings)}
-    process = subprocess.Popen([sys.executable, "-m", "imgq.devserver"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgq.devserver"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 60, "the API")

@@ -34,9 +34,9 @@ def test_job_succeeds_only_when_its_last_image_is_stored(
 ) -> None:
     store, job_id = _store(settings, redis_client)
     store.mark_running([job_id])
-    assert store.store_predictions([(job_id, 1, _top("second"))]) == 0
+    assert store.store_predictions([(job_id, 1, _top("second"))]) == []
     assert store.get(job_id)["status"] == JobStatus.RUNNING  # type: ignore[index]
-    assert store.store_predictions([(job_id, 0, _top("first"))]) == 1
+    assert len(store.store_predictions([(job_id, 0, _top("first"))])) == 1
     document = store.get(job_id)
     assert document is not None
     assert document["status"] == JobStatus.SUCCEEDED
@@ -51,7 +51,7 @@ def test_redelivered_images_cannot_change_a_stored_result(
     store.store_predictions([(job_id, 0, _top("first")), (job_id, 0, _top("other"))])
     store.store_predictions([(job_id, 1, _top("second"))])
     before = store.get(job_id)
-    assert store.store_predictions([(job_id, 1, _top("late duplicate"))]) == 0
+    assert store.store_predictions([(job_id, 1, _top("late duplicate"))]) == []
     assert store.get(job_id) == before
     assert before is not None
     assert before["result"]["predictions"][0][0]["label"] == "first"

@@ -23,8 +23,15 @@ def _imports(package: str) -> set[str]:
 
 
 def test_ml_never_imports_flask_celery_or_redis() -> None:
-    assert not _imports("ml") & {"flask", "flask_smorest", "celery", "celery_batches", "redis",
-                                 "api", "workers"}
+    assert not _imports("ml") & {
+        "flask",
+        "flask_smorest",
+        "celery",
+        "celery_batches",
+        "redis",
+        "api",
+        "workers",
+    }
 
 
 def test_api_never_imports_workers() -> None:
@@ -37,6 +44,7 @@ def test_building_the_api_does_not_load_tensorflow() -> None:
         "import tempfile; create_app(Settings(model_store=tempfile.mkdtemp())); "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
-    output = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert output.strip() == "[]"

@@ -26,8 +26,18 @@ def _red(mode: str = "RGB") -> Image.Image:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("RGB", "JPEG"), ("L", "PNG"), ("P", "GIF"), ("RGBA", "PNG"), ("CMYK", "JPEG"),
-     ("RGB", "WEBP"), ("LA", "PNG"), ("I;16", "PNG"), ("RGB", "BMP"), ("RGB", "TIFF")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "PNG"),
+        ("P", "GIF"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "WEBP"),
+        ("LA", "PNG"),
+        ("I;16", "PNG"),
+        ("RGB", "BMP"),
+        ("RGB", "TIFF"),
+    ],
 )
 def test_every_mode_decodes_to_rgb_uint8_of_the_target_size(mode: str, fmt: str) -> None:
     pixels = decode_image(_encode(_red(mode), fmt), (16, 24), LIMITS)

@@ -14,6 +14,7 @@ from typing import Any
 from celery import bootsteps
 
 from imgq.queueing import PREDICT_QUEUE
+from workers.metrics import ACTIVE_VERSION, serve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,20 @@ class PreloadModels(bootsteps.StartStopStep):
         from workers.celery_app import settings
         from workers.predict import model_cache
 
+        serve_metrics(settings.metrics_port)
         model_cache.ensure_default()
         classifier = model_cache.preload_active(settings.default_model)
+        ACTIVE_VERSION.labels(classifier.version.name).set(classifier.version.version)
+        settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.ready_file.touch()
+        self._ready_file = settings.ready_file
         logger.info(
             "model ready",
             extra={"model": classifier.version.name, "version": classifier.version.version},
         )
+
+    def stop(self, worker: Any) -> None:
+        """Withdraw readiness first, so no new traffic is routed here while shutting down."""
+        ready_file = getattr(self, "_ready_file", None)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)

@@ -26,6 +26,13 @@ from imgq.jobs import JobStore, PredictTarget
 from imgq.queueing import PREDICT_IMAGE_TASK
 from ml.preprocess import ImageLimits, decode_image
 from workers.celery_app import app, settings
+from workers.metrics import (
+    BATCH_SIZE,
+    DECODE_SECONDS,
+    FORWARD_SECONDS,
+    JOB_LATENCY,
+    JOBS_FINISHED,
+)
 from workers.model_cache import ModelCache
 
 logger = logging.getLogger(__name__)
@@ -108,9 +115,11 @@ def _run_model(
     except ImgqError as exc:  # e.g. missing weights: fail these jobs, retrying cannot help
         logger.error("model unavailable", extra={"model": model, "code": exc.code})
         for target in {target for target, _, _ in items}:
-            job_store.fail(target.job_id, exc.to_dict())
+            if job_store.fail(target.job_id, exc.to_dict()):
+                JOBS_FINISHED.labels("predict", "failed", exc.code).inc()
         return
-    decoded = list(_decoders.map(lambda item: _decode(item[2], classifier.image_size), items))
+    with DECODE_SECONDS.time():
+        decoded = list(_decoders.map(lambda item: _decode(item[2], classifier.image_size), items))
     good = [
         (item, pixels)
         for item, pixels in zip(items, decoded, strict=True)
@@ -119,22 +128,28 @@ def _run_model(
     for (target, index, _), error in zip(items, decoded, strict=True):
         if isinstance(error, ImgqError):
             detail = {**error.to_dict(), "details": {"image": index}}
-            job_store.fail(target.job_id, detail)
+            if job_store.fail(target.job_id, detail):
+                JOBS_FINISHED.labels("predict", "failed", error.code).inc()
             logger.info("image rejected", extra={"job_id": target.job_id, "code": error.code})
     if not good:
         return
-    probabilities = classifier.predict_proba(np.stack([pixels for _, pixels in good]))
+    BATCH_SIZE.labels(model).observe(len(good))
+    with FORWARD_SECONDS.labels(model).time():
+        probabilities = classifier.predict_proba(np.stack([pixels for _, pixels in good]))
     results = []
     for ((target, index, _), _pixels), row in zip(good, probabilities, strict=True):
         top = classifier.top_k(row[None, :], target.top_k)[0]
         results.append((target.job_id, index, [asdict(p) for p in top]))
-    completed = job_store.store_predictions(results)
-    logger.info(
+    latencies = job_store.store_predictions(results)
+    for latency in latencies:
+        JOBS_FINISHED.labels("predict", "succeeded", "").inc()
+        JOB_LATENCY.labels("predict").observe(latency)
+    logger.debug(
         "batch done",
         extra={
             "model": model,
             "version": version,
             "batch_size": len(good),
-            "jobs_completed": completed,
+            "jobs_completed": len(latencies),
         },
     )
