@@ -2,10 +2,10 @@
 
 Each predict job enqueues one message per image (``job_id, index``), so images of several jobs
 share a batch and one job's images may span batches. ``celery-batches`` collects messages up to
-``IMGQ_MAX_BATCH_SIZE`` or for ``IMGQ_MAX_BATCH_DELAY_MS``, whichever comes first. Messages are
-acknowledged only after their results are stored, and a batch that fails for a reason other
-than its images (Redis unreachable, a model that will not load) gives its messages back to
-the queue instead of losing them.
+``IMGQ_MAX_BATCH_SIZE`` or for ``IMGQ_MAX_BATCH_DELAY_MS``, whichever comes first, and
+``workers.batching`` forms each batch only when the model is free. Messages are acknowledged
+only after their results are stored, and a batch that fails for a reason other than its images
+(Redis unreachable) gives its messages back to the queue instead of losing them.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any
 
 import numpy as np
 import redis
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from imgq.errors import ImgqError
 from imgq.jobs import JobStore, PredictTarget
 from imgq.queueing import PREDICT_IMAGE_TASK
 from ml.preprocess import ImageLimits, decode_image
+from workers.batching import DynamicBatches
 from workers.celery_app import app, settings
 from workers.metrics import (
     BATCH_SIZE,
@@ -43,36 +43,9 @@ _limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 _decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
 
-class AckAfterStoreBatches(Batches):
-    """``Batches`` that requeues a batch whose run raised, instead of acking it.
-
-    Upstream ``celery-batches`` acknowledges late-ack requests even when the batch raised,
-    which would drop the images of a batch that failed on a transient error.
-    """
-
-    def flush(self, requests: Sequence[Any]) -> Any:
-        simple = ([SimpleRequest.from_request(r) for r in requests],)
-
-        def on_return(outcome: Any) -> None:
-            stored = outcome is True
-            for request in requests:
-                if stored:
-                    request.acknowledge()
-                else:
-                    request.reject(requeue=True)
-
-        return self._pool.apply_async(_apply_batch, (self, simple, 0, None), callback=on_return)
-
-
-def _apply_batch(task: Any, args: Any, loglevel: int, logfile: None) -> Any:
-    from celery_batches.trace import apply_batches_task
-
-    return apply_batches_task(task, args, loglevel, logfile)
-
-
 @app.task(
     name=PREDICT_IMAGE_TASK,
-    base=AckAfterStoreBatches,
+    base=DynamicBatches,
     flush_every=settings.max_batch_size,
     flush_interval=settings.max_batch_delay_ms / 1000.0,
     acks_late=True,
