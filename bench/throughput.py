@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -158,6 +159,28 @@ def run_level(base: str, image: bytes, concurrency: int, warmup_s: float, second
     return Level(concurrency, completed / seconds, latencies)
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and all its live descendants (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, frontier = 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += times.get(pid, 0.0)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
 def scrape_batches(port: int) -> dict[str, float]:
     """The worker's batch-size histogram as ``{bucket: cumulative count}`` plus sum and count."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -173,15 +196,43 @@ def scrape_batches(port: int) -> dict[str, float]:
 
 
 def run_service_levels(
-    settings: Settings, workdir: Path, image: bytes, levels: list[int], args: argparse.Namespace
-) -> tuple[list[Level], dict[str, float]]:
-    """Start API and worker with ``settings``, run every level, stop them."""
+    settings: Settings,
+    workdir: Path,
+    image: bytes,
+    levels: list[int],
+    args: argparse.Namespace,
+    *,
+    redis_pid: int,
+) -> tuple[list[Level], dict[str, float], dict[str, float]]:
+    """Start API and worker with ``settings``, run every level, stop them.
+
+    Returns the levels, the worker's batch histogram over the last (busiest) level, and the
+    CPU cores each process used during that level.
+    """
     api = start_api(settings, workdir, free_port())
     worker = start_predict_worker(settings, workdir, name=f"bench-{settings.max_batch_size}")
+    pids = {
+        "api (gunicorn)": api.process.pid,
+        "worker": worker.process.pid,
+        "redis": redis_pid,
+        "bench clients": os.getpid(),
+    }
     try:
         run_level(api.url, image, 4, 0.0, 2.0)  # warm the HTTP path and the worker
-        results = [run_level(api.url, image, c, args.warmup, args.seconds) for c in levels]
-        return results, scrape_batches(settings.metrics_port)
+        results = [run_level(api.url, image, c, args.warmup, args.seconds) for c in levels[:-1]]
+        histogram_before = scrape_batches(settings.metrics_port)
+        cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.monotonic()
+        results.append(run_level(api.url, image, levels[-1], args.warmup, args.seconds))
+        elapsed = time.monotonic() - started
+        cpu = {
+            name: (tree_cpu_seconds(pid) - cpu_before[name]) / elapsed for name, pid in pids.items()
+        }
+        histogram = {
+            key: value - histogram_before.get(key, 0.0)
+            for key, value in scrape_batches(settings.metrics_port).items()
+        }
+        return results, histogram, cpu
     finally:
         worker.stop()
         api.stop()
@@ -203,7 +254,7 @@ def print_histogram(histogram: dict[str, float]) -> None:
     """Batch sizes the worker ran, per bucket, and the Triton-style mean."""
     count, total = histogram.get("count", 0), histogram.get("sum", 0)
     print(
-        f"\nworker batches: {int(count)} forward passes for {int(total)} images "
+        f" {int(count)} forward passes for {int(total)} images "
         f"(inference_count / exec_count = {total / max(count, 1):.1f})"
     )
     previous = 0.0
@@ -237,10 +288,18 @@ def main() -> int:
     )
     redis_service = start_redis(settings, workdir / "redis", workdir)
     try:
-        batched, histogram = run_service_levels(settings, workdir, image, args.concurrency, args)
+        redis_pid = redis_service.process.pid
+        batched, histogram, cpu = run_service_levels(
+            settings, workdir, image, args.concurrency, args, redis_pid=redis_pid
+        )
         unbatched_settings = settings.model_copy(update={"max_batch_size": 1})
-        unbatched, _ = run_service_levels(
-            unbatched_settings, workdir, image, [1, max(args.concurrency)], args
+        unbatched, _, _ = run_service_levels(
+            unbatched_settings,
+            workdir,
+            image,
+            [1, max(args.concurrency)],
+            args,
+            redis_pid=redis_pid,
         )
         raw, single_s = measure_raw(settings, image, [1, 8, 16, 32, 64], args.raw_seconds)
     finally:
@@ -261,7 +320,14 @@ def main() -> int:
         batched,
     )
     print_levels("end-to-end, batching off (IMGQ_MAX_BATCH_SIZE=1):", unbatched)
+    print(f"\nworker batches during the {max(args.concurrency)}-client batched level:", end="")
     print_histogram(histogram)
+    print(
+        f"\nCPU used during the {max(args.concurrency)}-client batched level "
+        f"(cores, of {os.cpu_count()}):"
+    )
+    for name, cores in cpu.items():
+        print(f"  {name:<15} {cores:5.2f}")
     top = max(args.concurrency)
     e2e_top = next(level for level in batched if level.concurrency == top)
     off_top = next(level for level in unbatched if level.concurrency == top)
