@@ -102,15 +102,14 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
     images, options = _read_predict_request()
     _check_images(images)
     svc = services()
-    version = svc.registry.get(
-        options.get("model", svc.settings.default_model), options.get("version")
-    )
+    model = options.get("model", svc.settings.default_model)
+    svc.registry.get(model, options.get("version"))  # 404 now for unknown models or versions
     job_id = new_job_id()
     svc.jobs.create_predict_job(
         job_id,
         images,
-        version.name,
-        version.version,
+        model,
+        options.get("version"),  # None: the worker pins the version it serves
         options.get("top_k", svc.settings.default_top_k),
     )
     try:

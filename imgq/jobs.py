@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
+from imgq import job_scripts
+
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
 DONE_CHANNEL = "imgq:jobs:done"
@@ -26,17 +28,18 @@ DONE_CHANNEL = "imgq:jobs:done"
 
 
 class JobStatus(StrEnum):
-    """Every state a job can be in; ``succeeded`` and ``failed`` are terminal."""
+    """Every state a job can be in; ``succeeded``, ``failed`` and ``canceled`` are terminal."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def is_terminal(self) -> bool:
         """Whether no further transition can happen."""
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
 class JobType(StrEnum):
@@ -61,54 +64,13 @@ def predictions_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:predictions"
 
 
-# KEYS: record, predictions, images. ARGV: index, predictions JSON, now, ttl, job id, channel.
-# Stores one image's predictions once (HSETNX: a redelivered message cannot overwrite a stored
-# result), and when the last image lands assembles the result, marks the job succeeded,
-# announces it, and returns its created_at (else 0: job over or gone, 1: stored, not last).
-_STORE_PREDICTION = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' then return 0 end
-redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-local count = tonumber(redis.call('HGET', KEYS[1], 'image_count'))
-if redis.call('HLEN', KEYS[2]) < count then return 1 end
-local parts = {}
-for i = 0, count - 1 do parts[#parts + 1] = redis.call('HGET', KEYS[2], tostring(i)) end
-local head = redis.call('HGET', KEYS[1], 'result_head')
-redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[3],
-           'result', head .. '"predictions": [' .. table.concat(parts, ', ') .. ']}')
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[6], ARGV[5])
-return redis.call('HGET', KEYS[1], 'created_at')
-"""
-
-# KEYS: record, predictions, images. ARGV: error JSON, now, job id, channel.
-_FAIL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return 1
-"""
-
-# KEYS: record. ARGV: now.
-_MARK_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-return 1
-"""
-
-
 @dataclass(frozen=True)
 class PredictTarget:
     """What a worker needs to run one image of a predict job."""
 
     job_id: str
     model: str
-    version: int
+    version: int | None  # None: whichever version the worker serves when it starts the job
     top_k: int
 
 
@@ -131,31 +93,46 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._store_prediction = client.register_script(_STORE_PREDICTION)
-        self._fail = client.register_script(_FAIL)
-        self._mark_running = client.register_script(_MARK_RUNNING)
+        self._store_prediction = client.register_script(job_scripts.STORE_PREDICTION)
+        self._finish = client.register_script(job_scripts.FINISH)
+        self._mark_running = client.register_script(job_scripts.MARK_RUNNING)
+        self._cancel = client.register_script(job_scripts.CANCEL)
+        self._set_progress = client.register_script(job_scripts.SET_PROGRESS)
 
-    def create_predict_job(
-        self, job_id: str, images: Sequence[bytes], model: str, version: int, top_k: int
-    ) -> None:
-        """Store a queued predict job with its images in one transaction."""
-        head = json.dumps({"model": model, "version": version})[:-1] + ", "
-        record: dict[FieldT, EncodableT] = {
+    def _new_record(self, job_id: str, job_type: JobType) -> dict[FieldT, EncodableT]:
+        return {
             "id": job_id,
-            "type": JobType.PREDICT.value,
+            "type": job_type.value,
             "status": JobStatus.QUEUED.value,
             "created_at": repr(_now()),
-            "model": model,
-            "version": str(version),
-            "top_k": str(top_k),
-            "image_count": str(len(images)),
-            "result_head": head,
         }
+
+    def create_predict_job(
+        self, job_id: str, images: Sequence[bytes], model: str, version: int | None, top_k: int
+    ) -> None:
+        """Store a queued predict job with its images in one transaction.
+
+        ``version`` None leaves the choice to the worker, which pins the version it serves
+        when it takes the job's first image, so all of a job's images use one version.
+        """
+        record = self._new_record(job_id, JobType.PREDICT)
+        record.update({"model": model, "top_k": str(top_k), "image_count": str(len(images))})
+        if version is not None:
+            record["version"] = str(version)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(record_key(job_id), mapping=record)
         pipe.expire(record_key(job_id), self._ttl_s)
         pipe.hset(images_key(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(images_key(job_id), self._ttl_s)
+        pipe.execute()
+
+    def create_finetune_job(self, job_id: str, params: dict[str, Any]) -> None:
+        """Store a queued fine-tune job; ``params`` are its validated training parameters."""
+        record = self._new_record(job_id, JobType.FINETUNE)
+        record["params"] = json.dumps(params)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(record_key(job_id), mapping=record)
+        pipe.expire(record_key(job_id), self._ttl_s)
         pipe.execute()
 
     def delete(self, job_id: str) -> None:
@@ -164,11 +141,13 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Return the public job document, or None when there is no such job."""
+        fields = self.fields(job_id)
+        return _document(fields) if fields else None
+
+    def fields(self, job_id: str) -> dict[str, str]:
+        """The raw stored record (empty when there is no such job)."""
         raw = self._redis.hgetall(record_key(job_id))
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        return _document(fields)
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     def predict_targets(self, job_ids: Sequence[str]) -> dict[str, PredictTarget | None]:
         """Fetch what workers need for each job; None for jobs gone or already terminal."""
@@ -180,8 +159,18 @@ class JobStore:
             if status is None or JobStatus(_text(status)).is_terminal:
                 targets[job_id] = None
             else:
-                targets[job_id] = PredictTarget(job_id, _text(model), int(version), int(top_k))
+                pinned = None if version is None else int(version)
+                targets[job_id] = PredictTarget(job_id, _text(model), pinned, int(top_k))
         return targets
+
+    def pin_versions(self, versions: dict[str, int]) -> dict[str, int]:
+        """Pin each job to a version unless one is pinned already; returns the pinned versions."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, version in versions.items():
+            pipe.hsetnx(record_key(job_id), "version", str(version))
+            pipe.hget(record_key(job_id), "version")
+        replies = pipe.execute()
+        return {job_id: int(replies[2 * i + 1]) for i, job_id in enumerate(versions)}
 
     def load_images(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
         """Fetch encoded images by ``(job_id, index)`` in one round trip."""
@@ -190,13 +179,13 @@ class JobStore:
             pipe.hget(images_key(job_id), str(index))
         return list(pipe.execute())
 
-    def mark_running(self, job_ids: Sequence[str]) -> None:
-        """Move queued jobs to running, stamping ``started_at``; others are left alone."""
+    def mark_running(self, job_ids: Sequence[str]) -> list[bool]:
+        """Move queued jobs to running, stamping ``started_at``; True where this call did."""
         now = repr(_now())
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             self._mark_running(keys=[record_key(job_id)], args=[now], client=pipe)
-        pipe.execute()
+        return [bool(outcome) for outcome in pipe.execute()]
 
     def store_predictions(
         self, results: Sequence[tuple[str, int, list[dict[str, Any]]]]
@@ -206,20 +195,49 @@ class JobStore:
         pipe = self._redis.pipeline(transaction=False)
         for job_id, index, predictions in results:
             self._store_prediction(
-                keys=[record_key(job_id), predictions_key(job_id), images_key(job_id)],
+                keys=self._job_keys(job_id),
                 args=[index, json.dumps(predictions), repr(now), self._ttl_s, job_id, DONE_CHANNEL],
                 client=pipe,
             )
         # A completed job's script returns its created_at as a string; others return 0 or 1.
         return [now - float(outcome) for outcome in pipe.execute() if isinstance(outcome, bytes)]
 
-    def fail(self, job_id: str, error: dict[str, Any]) -> bool:
-        """Mark a job failed with an error envelope; False if it had already ended."""
-        outcome = self._fail(
-            keys=[record_key(job_id), predictions_key(job_id), images_key(job_id)],
-            args=[json.dumps(error), repr(_now()), job_id, DONE_CHANNEL],
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [record_key(job_id), predictions_key(job_id), images_key(job_id)]
+
+    def _end(self, job_id: str, status: JobStatus, field: str, payload: str) -> bool:
+        outcome = self._finish(
+            keys=self._job_keys(job_id),
+            args=[status.value, field, payload, repr(_now()), job_id, DONE_CHANNEL],
         )
         return bool(outcome)
+
+    def fail(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Mark a job failed with an error envelope; False if it had already ended."""
+        return self._end(job_id, JobStatus.FAILED, "error", json.dumps(error))
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        """Mark a job succeeded with its result; False if it had already ended."""
+        return self._end(job_id, JobStatus.SUCCEEDED, "result", json.dumps(result))
+
+    def mark_canceled(self, job_id: str) -> bool:
+        """A worker stopped a job on request; False if it had already ended."""
+        return self._end(job_id, JobStatus.CANCELED, "", "")
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a queued job or ask a running fine-tune to stop.
+
+        Returns one of ``canceled``, ``cancel_requested``, ``ended``, ``not_cancelable``,
+        ``missing``.
+        """
+        outcome = self._cancel(
+            keys=self._job_keys(job_id), args=[repr(_now()), job_id, DONE_CHANNEL]
+        )
+        return _text(outcome)
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Publish a running job's progress; returns True when a cancel was requested."""
+        return bool(self._set_progress(keys=[record_key(job_id)], args=[json.dumps(progress)]))
 
 
 def _timestamp(value: str | None) -> str | None:
@@ -241,4 +259,5 @@ def _document(fields: dict[str, str]) -> dict[str, Any]:
         "finished_at": _timestamp(fields.get("finished_at")),
         "result": json.loads(fields["result"]) if "result" in fields else None,
         "error": json.loads(fields["error"]) if "error" in fields else None,
+        "progress": json.loads(fields["progress"]) if "progress" in fields else None,
     }

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     """Threads decoding images beside the forward pass in a prediction worker."""
     model_cache_size: PositiveInt = 3
     """Model versions a prediction worker keeps loaded."""
+    model_check_interval_s: PositiveInt = 30
+    """How often a prediction worker re-reads active versions, besides pub/sub announcements."""
 
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     """Port of a worker's Prometheus endpoint (0: none)."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import bootsteps
 
 from imgq.queueing import PREDICT_QUEUE
-from workers.metrics import ACTIVE_VERSION, serve_metrics
+from workers.metrics import serve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,12 @@ class PreloadModels(bootsteps.StartStopStep):
 
         serve_metrics(settings.metrics_port)
         model_cache.ensure_default()
-        classifier = model_cache.preload_active(settings.default_model)
-        ACTIVE_VERSION.labels(classifier.version.name).set(classifier.version.version)
+        version = model_cache.serving_version(settings.default_model)
+        model_cache.watch(redis.Redis.from_url(settings.redis_url), settings.model_check_interval_s)
         settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
         settings.ready_file.touch()
         self._ready_file = settings.ready_file
-        logger.info(
-            "model ready",
-            extra={"model": classifier.version.name, "version": classifier.version.version},
-        )
+        logger.info("model ready", extra={"model": settings.default_model, "version": version})
 
     def stop(self, worker: Any) -> None:
         """Withdraw readiness first, so no new traffic is routed here while shutting down."""

@@ -40,6 +40,11 @@ JOB_LATENCY = Histogram(
     ["type"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+MODEL_LOAD_FAILURES = Counter(
+    "imgq_worker_model_load_failures_total",
+    "Activated versions this worker could not load (it kept serving the previous one).",
+    ["model"],
+)
 ACTIVE_VERSION = Gauge(
     "imgq_worker_model_version",
     "Version of each model this worker has loaded and serves as active.",

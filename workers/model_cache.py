@@ -1,59 +1,149 @@
-"""Loaded classifiers kept per (model, version), so requests never pay for a model load.
+"""Loaded classifiers per (model, version), and hot-swapping to newly activated versions.
 
-A small LRU: the active version of each model stays hot, and a job pinned to an older
-version loads it once and keeps it until newer work pushes it out. Loading happens under a lock
-so two batches never load the same version twice.
+Each prediction worker serves, per model, one *serving* version (what unpinned jobs get) and
+keeps a small LRU of other versions for jobs pinned to them. When a version is activated (an
+announcement on Redis pub/sub, or the periodic check that backs it up), a watcher thread loads
+and warms the new version beside the serving one and then switches: batches already running
+finish on the old version, the next batch picks the new one, and no job waits for a load. A
+version that fails to load leaves the old one serving and is logged and counted.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import redis
+
+from imgq.errors import ImgqError
+from imgq.model_events import MODELS_CHANNEL
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
+from workers.metrics import ACTIVE_VERSION, MODEL_LOAD_FAILURES
 
 if TYPE_CHECKING:
     from ml.classifier import Classifier
 
+logger = logging.getLogger(__name__)
+
 
 class ModelCache:
-    """Thread-safe LRU of ``Classifier`` objects; TensorFlow is imported on first load."""
+    """Thread-safe cache of ``Classifier`` objects; TensorFlow is imported on first load."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.registry = ModelRegistry(settings.model_store)
         self._loaded: OrderedDict[tuple[str, int], Classifier] = OrderedDict()
+        self._serving: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
 
     def ensure_default(self) -> None:
         """Register the built-in ImageNet classifier if the store has none yet."""
         self.registry.ensure_builtin(self._settings.default_backbone, time.time())
 
     def get(self, model: str, version: int) -> Classifier:
-        """Return the loaded classifier, loading (and warming) it on first use."""
+        """Return the loaded classifier, loading and warming it on first use.
+
+        The load happens outside the cache lock, so batches for other versions keep running
+        while a new version loads.
+        """
         key = (model, version)
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
-            from ml.classifier import load_classifier  # TensorFlow loads here, after any fork
-
-            classifier = load_classifier(
-                self.registry.get(model, version),
-                self.registry.version_dir(model, version),
-                self._settings.weights_dir,
-                self._settings.max_batch_size,
-                self._settings.efficientnet_lite_checkpoint,
-            )
-            classifier.warm_up()
-            self._loaded[key] = classifier
-            while len(self._loaded) > self._settings.model_cache_size:
-                self._loaded.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            classifier = self._load(model, version)
+            with self._lock:
+                self._loaded[key] = classifier
+                self._evict()
+                self._loading.pop(key, None)
             return classifier
 
-    def preload_active(self, model: str) -> Classifier:
-        """Load a model's active version (used at worker start, before consuming)."""
-        return self.get(model, self.registry.active_version(model))
+    def _load(self, model: str, version: int) -> Classifier:
+        from ml.classifier import load_classifier  # TensorFlow loads here, never before a fork
+
+        classifier = load_classifier(
+            self.registry.get(model, version),
+            self.registry.version_dir(model, version),
+            self._settings.weights_dir,
+            self._settings.max_batch_size,
+            self._settings.efficientnet_lite_checkpoint,
+        )
+        classifier.warm_up()
+        return classifier
+
+    def _evict(self) -> None:
+        serving = {(model, version) for model, version in self._serving.items()}
+        for key in list(self._loaded):
+            if len(self._loaded) <= self._settings.model_cache_size:
+                break
+            if key not in serving:
+                del self._loaded[key]
+
+    def serving_version(self, model: str) -> int:
+        """The version unpinned jobs of ``model`` get; loads the active one on first use."""
+        with self._lock:
+            if model in self._serving:
+                return self._serving[model]
+        version = self.registry.active_version(model)
+        self.get(model, version)
+        with self._lock:
+            self._serving.setdefault(model, version)
+            ACTIVE_VERSION.labels(model).set(self._serving[model])
+            return self._serving[model]
+
+    def refresh(self, model: str) -> None:
+        """Swap ``model`` to its active version if that changed; keep the old one on failure."""
+        with self._lock:
+            current = self._serving.get(model)
+        try:
+            wanted = self.registry.active_version(model)
+            if wanted == current:
+                return
+            self.get(model, wanted)
+        except (ImgqError, OSError, ValueError) as exc:
+            MODEL_LOAD_FAILURES.labels(model).inc()
+            logger.error(
+                "could not load new version; keeping the serving one",
+                extra={"model": model, "serving": current, "error": str(exc)},
+            )
+            return
+        with self._lock:
+            self._serving[model] = wanted
+        ACTIVE_VERSION.labels(model).set(wanted)
+        logger.info("now serving", extra={"model": model, "version": wanted, "previous": current})
+
+    def watch(self, client: redis.Redis, interval_s: float) -> threading.Thread:
+        """Start the watcher thread: announcements swap at once, a periodic check backs them up."""
+        thread = threading.Thread(
+            target=self._watch, args=(client, interval_s), name="model-watcher", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _watch(self, client: redis.Redis, interval_s: float) -> None:
+        next_check = time.monotonic() + interval_s
+        while True:
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(MODELS_CHANNEL)
+                while True:
+                    message = pubsub.get_message(timeout=max(0.1, next_check - time.monotonic()))
+                    if message is not None:
+                        self.refresh(message["data"].decode())
+                    if time.monotonic() >= next_check:
+                        for model in list(self._serving):
+                            self.refresh(model)
+                        next_check = time.monotonic() + interval_s
+            except redis.RedisError as exc:
+                logger.warning("model watcher lost redis: %s", exc)
+                time.sleep(1.0)

@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import redis
@@ -58,16 +58,36 @@ def predict_images(requests: Sequence[SimpleRequest]) -> bool:
     if not live:
         return True  # every job ended or expired: nothing to do, ack
     job_store.mark_running(sorted({job_id for job_id, _ in live}))
+    targets = _pin_versions(targets)
     by_model: dict[tuple[str, int], list[tuple[PredictTarget, int, bytes | None]]] = defaultdict(
         list
     )
     for (job_id, index), image in zip(live, job_store.load_images(live), strict=True):
         target = targets[job_id]
-        assert target is not None
-        by_model[(target.model, target.version)].append((target, index, image))
+        if target is not None and target.version is not None:
+            by_model[(target.model, target.version)].append((target, index, image))
     for (model, version), items in by_model.items():
         _run_model(model, version, items)
     return True
+
+
+def _pin_versions(
+    targets: dict[str, PredictTarget | None],
+) -> dict[str, PredictTarget | None]:
+    """Give every unpinned job the version this worker serves now (first image decides)."""
+    wanted: dict[str, int] = {}
+    for job_id, target in targets.items():
+        if target is not None and target.version is None:
+            try:
+                wanted[job_id] = model_cache.serving_version(target.model)
+            except ImgqError as exc:  # the model vanished from the registry
+                job_store.fail(job_id, exc.to_dict())
+                targets[job_id] = None
+    pinned = job_store.pin_versions(wanted) if wanted else {}
+    return {
+        job_id: (replace(target, version=pinned[job_id]) if job_id in pinned and target else target)
+        for job_id, target in targets.items()
+    }
 
 
 def _decode(image: bytes | None, size: tuple[int, int]) -> np.ndarray | ImgqError:
