@@ -7,9 +7,11 @@ import time
 import redis
 from flask import Flask
 
+import api.finetune  # noqa: F401  (registers POST /jobs/finetune on the jobs blueprint)
 from api.errors import ImgqApi, register_error_handlers
 from api.health import blp as health_blp
 from api.jobs import blp as jobs_blp
+from api.models import blp as models_blp
 from api.services import Services
 from api.waiters import JobWaiters
 from imgq.jobs import JobStore
@@ -26,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask("imgq")
     app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,  # raised per view for dataset uploads
         API_TITLE="imgq",
         API_VERSION="1",
         OPENAPI_VERSION="3.0.3",
@@ -56,8 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         waiters=JobWaiters(client),
     )
-    api = ImgqApi(app)
-    api.register_blueprint(health_blp)
-    api.register_blueprint(jobs_blp)
+    rest_api = ImgqApi(app)
+    rest_api.register_blueprint(health_blp)
+    rest_api.register_blueprint(jobs_blp)
+    rest_api.register_blueprint(models_blp)
     register_error_handlers(app)
     return app

@@ -1,12 +1,13 @@
-"""Job endpoints: submit a predict job, read any job."""
+"""Job endpoints: submit a predict job; read, cancel and download from any job."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import mimetypes
 from typing import Any
 
-from flask import request, url_for
+from flask import request, send_file, url_for
 from flask_smorest import Blueprint
 
 from api.schemas import (
@@ -23,6 +24,7 @@ from imgq.errors import (
     ImgqError,
     InvalidRequest,
     JobNotFound,
+    NotFound,
     ServiceUnavailable,
     TooManyImages,
     UnsupportedMediaType,
@@ -99,6 +101,7 @@ def _check_images(images: list[bytes]) -> None:
 @blp.alt_response(503, schema=ErrorEnvelopeSchema)
 def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue a prediction job for one or more images."""
+    request.max_content_length = services().settings.max_request_bytes
     images, options = _read_predict_request()
     _check_images(images)
     svc = services()
@@ -148,3 +151,47 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
         if event is not None:
             svc.waiters.unregister(job_id, event)
     return document
+
+
+class JobNotCancelable(ImgqError):
+    """The job has ended, or is a predict job already running."""
+
+    code = "job_not_cancelable"
+    status = 409
+
+
+@blp.route("/<string:job_id>", methods=["DELETE"])
+@blp.response(200, JobSchema)
+@blp.alt_response(202, schema=JobSchema, description="A running fine-tune will stop soon.")
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
+def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
+    """Cancel a queued job, or stop a running fine-tune between batches."""
+    svc = services()
+    outcome = svc.jobs.cancel(job_id)
+    if outcome == "missing":
+        raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+    if outcome in ("ended", "not_cancelable"):
+        raise JobNotCancelable(
+            "The job has already ended."
+            if outcome == "ended"
+            else "A running predict job cannot be canceled; it ends in moments.",
+            {"id": job_id},
+        )
+    document = svc.jobs.get(job_id)
+    assert document is not None
+    return document, 200 if outcome == "canceled" else 202
+
+
+@blp.route("/<string:job_id>/artifacts/<string:name>")
+@blp.response(200, description="The file (PNG plot or JSON report).")
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+def get_artifact(job_id: str, name: str) -> Any:
+    """Download a file a fine-tune job produced (evaluation report, plots)."""
+    svc = services()
+    document = svc.jobs.get(job_id)
+    result = (document or {}).get("result") or {}
+    if not document or document["type"] != "finetune" or name not in result.get("artifacts", []):
+        raise NotFound(f"Job {job_id!r} has no artifact {name!r}.", {"id": job_id, "name": name})
+    folder = svc.registry.version_dir(result["model"], int(result["version"]))
+    return send_file(folder / name, mimetype=mimetypes.guess_type(name)[0], max_age=3600)

@@ -95,6 +95,10 @@ class JobSchema(Schema):
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
     result = fields.Raw(allow_none=True, metadata={"description": "See PredictResult."})
+    progress = fields.Raw(
+        allow_none=True,
+        metadata={"description": "Fine-tune progress: phase, epoch, total_epochs, losses, eta_s."},
+    )
     error = fields.Nested(ErrorBodySchema, allow_none=True)
 
 

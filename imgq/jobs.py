@@ -235,6 +235,10 @@ class JobStore:
         )
         return _text(outcome)
 
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked this running job to stop."""
+        return bool(self._redis.hexists(record_key(job_id), "cancel_requested"))
+
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
         """Publish a running job's progress; returns True when a cancel was requested."""
         return bool(self._set_progress(keys=[record_key(job_id)], args=[json.dumps(progress)]))

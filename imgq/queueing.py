@@ -23,6 +23,8 @@ WEBHOOKS_QUEUE = "webhooks"
 
 PREDICT_IMAGE_TASK = "imgq.predict_image"
 """One message per image: ``(job_id, index)``; the worker batches them."""
+FINETUNE_TASK = "imgq.train.finetune"
+"""One message per fine-tune job: ``(job_id,)``."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

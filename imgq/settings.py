@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     model_check_interval_s: PositiveInt = 30
     """How often a prediction worker re-reads active versions, besides pub/sub announcements."""
 
+    upload_dir: Path = _VAR / "uploads"
+    """Where uploaded datasets wait for a training worker (a shared volume in Kubernetes)."""
+    max_dataset_bytes: PositiveInt = 512 * 1024 * 1024
+    """Largest dataset archive upload (413 beyond)."""
+    max_dataset_unpacked_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
+    """Largest total size of an archive's files once unpacked."""
+    max_dataset_entries: PositiveInt = 50_000
+    """Most files and folders in one dataset archive."""
+    max_dataset_ratio: float = Field(default=200.0, gt=1)
+    """Largest unpacked/packed size ratio of an archive (zip bombs go far beyond)."""
+    min_images_per_class: PositiveInt = 5
+    """Fewest images a class may have (each split needs at least one)."""
+    train_time_limit_s: PositiveInt = 6 * 3600
+    """A fine-tune job running longer than this is stopped and fails with ``time_limit``."""
+
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     """Port of a worker's Prometheus endpoint (0: none)."""
     ready_file: Path = Path("/tmp/imgq-ready")  # noqa: S108 (a probe target, not a secret)

@@ -15,9 +15,9 @@ from typing import Any
 
 import keras
 
+from ml.backbone_specs import BACKBONE_SIZES
 from ml.efficientnet_lite import build_efficientnet_lite
 from ml.layers import CaffePreprocess
-from ml.lite_spec import VARIANTS
 from ml.weights import converted_lite_weights, find_weights_file, lite_checkpoint_path
 
 
@@ -34,7 +34,6 @@ class _KerasApp:
     factory: Callable[..., keras.Model]
     weights_file: str
     scaling: Callable[[Any], Any]
-    image_size: int
 
 
 def _scale_minus_one_to_one(x: Any) -> Any:
@@ -54,38 +53,30 @@ _KERAS_APPS: dict[str, _KerasApp] = {
         keras.applications.MobileNetV2,
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         _scale_minus_one_to_one,
-        224,
     ),
     "efficientnet_b0": _KerasApp(
-        keras.applications.EfficientNetB0, "efficientnetb0_notop.h5", _identity, 224
+        keras.applications.EfficientNetB0, "efficientnetb0_notop.h5", _identity
     ),
     "resnet50": _KerasApp(
         keras.applications.ResNet50,
         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _caffe,
-        224,
     ),
     "xception": _KerasApp(
         keras.applications.Xception,
         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _scale_minus_one_to_one,
-        299,
     ),
 }
 
-BACKBONES: tuple[str, ...] = (
-    *(f"efficientnet_{variant}" for variant in VARIANTS),
-    *_KERAS_APPS,
-)
+BACKBONES: tuple[str, ...] = tuple(BACKBONE_SIZES)
 """Every backbone name imgq accepts."""
 
 
 def default_image_size(name: str) -> int:
     """The square input size a backbone's weights were trained at."""
     _check_name(name)
-    if name.startswith("efficientnet_lite"):
-        return VARIANTS[name.removeprefix("efficientnet_")][2]
-    return _KERAS_APPS[name].image_size
+    return BACKBONE_SIZES[name]
 
 
 def _check_name(name: str) -> None:

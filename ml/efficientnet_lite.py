@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from ml.lite_spec import VARIANTS
+from ml.backbone_specs import VARIANTS
 
 BN_EPSILON = 1e-3
 """Batch-norm epsilon of the original TensorFlow models (the PyTorch port keeps it)."""

@@ -16,15 +16,19 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgq.errors import ModelNotFound, VersionNotFound
-from ml.lite_spec import lite_resolution
+from ml.backbone_specs import lite_resolution
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Allowed model names: they are directory names on the store."""
+
+ARTIFACTS = ("evaluation.json", "training_curves.png", "confusion_matrix.png")
+"""Files of a trained version that clients may download."""
 
 BUILTIN_IMAGENET = "imagenet"
 """Name of the pretrained ImageNet classifier registered at first start."""
@@ -42,6 +46,8 @@ class ModelVersion:
     labels: list[str] | str  # class names, or "imagenet1k" for the built-in head
     created_at: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # parameters, data fingerprint
+    artifacts: list[str] = field(default_factory=list)  # downloadable files in the version dir
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in ``meta.json`` and shown by the API."""
@@ -140,3 +146,40 @@ class ModelRegistry:
         if not (self.store / BUILTIN_IMAGENET / "active").is_file():
             _write_atomically(self.store / BUILTIN_IMAGENET / "active", "1\n")
         return self.get(BUILTIN_IMAGENET, 1)
+
+
+def publish_version(
+    registry: ModelRegistry,
+    name: str,
+    staged: Path,
+    build_meta: Callable[[int], ModelVersion],
+) -> ModelVersion:
+    """Publish a fully written staging directory as the model's next version, atomically.
+
+    ``staged`` must be a directory on the same filesystem as the store (make it with
+    ``staging_dir``) holding ``model.keras`` and any artifacts. The version number is claimed
+    by renaming the directory into place, which succeeds for exactly one publisher, so two
+    trainers finishing at once get different numbers and readers never see half a version.
+
+    Returns:
+        The published version's metadata.
+    """
+    folder = registry.store / name
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        existing = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+        number = max(existing, default=0) + 1
+        version = build_meta(number)
+        _write_atomically(staged / "meta.json", json.dumps(version.to_dict(), indent=2))
+        try:
+            staged.rename(folder / str(number))  # fails if another publisher took the number
+        except OSError:
+            continue
+        return version
+
+
+def staging_dir(registry: ModelRegistry, name: str) -> Path:
+    """A fresh directory beside the model's versions, to write a version into before publishing."""
+    folder = registry.store / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))

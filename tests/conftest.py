@@ -122,7 +122,7 @@ def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, Any
     def ended() -> bool:
         nonlocal document
         document = requests.get(f"{base}/jobs/{job_id}", params={"wait": 5}, timeout=10).json()
-        return document["status"] in ("succeeded", "failed")
+        return document["status"] in ("succeeded", "failed", "canceled")
 
     wait_until(ended, timeout_s, f"job {job_id}")
     return document

@@ -26,5 +26,5 @@ from workers.bootsteps import PreloadModels
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 settings = load_settings()
 configure_logging(settings.log_level)
-app = make_celery(settings, include=["workers.predict"])
+app = make_celery(settings, include=["workers.predict", "workers.train"])
 app.steps["worker"].add(PreloadModels)

@@ -45,6 +45,11 @@ MODEL_LOAD_FAILURES = Counter(
     "Activated versions this worker could not load (it kept serving the previous one).",
     ["model"],
 )
+FINETUNE_SECONDS = Histogram(
+    "imgq_finetune_duration_seconds",
+    "Wall time of successful fine-tune jobs.",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
 ACTIVE_VERSION = Gauge(
     "imgq_worker_model_version",
     "Version of each model this worker has loaded and serves as active.",

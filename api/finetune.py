@@ -1,0 +1,43 @@
+"""``POST /jobs/finetune``: upload a labelled dataset and queue a transfer-learning job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request, url_for
+
+from api.finetune_form import FinetuneFormSchema, read_finetune_request
+from api.jobs import blp
+from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
+from api.services import services
+from imgq.errors import ServiceUnavailable
+from imgq.jobs import JobStatus, new_job_id
+from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
+
+_FINETUNE_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": FinetuneFormSchema}},
+}
+
+
+@blp.route("/finetune", methods=["POST"])
+@blp.doc(requestBody=_FINETUNE_BODY)
+@blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(400, schema=ErrorEnvelopeSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(413, schema=ErrorEnvelopeSchema)
+@blp.alt_response(503, schema=ErrorEnvelopeSchema)
+def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue a fine-tune job: a new version of ``model`` trained on the uploaded dataset."""
+    svc = services()
+    request.max_content_length = svc.settings.max_dataset_bytes
+    job_id = new_job_id()
+    params = read_finetune_request(job_id)
+    svc.jobs.create_finetune_job(job_id, params)
+    try:
+        svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE)
+    except Exception as exc:
+        svc.jobs.delete(job_id)
+        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+    location = url_for("jobs.get_job", job_id=job_id)
+    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}

@@ -1,0 +1,164 @@
+"""Bad datasets and parameters are refused at upload with clear 4xx codes, touching nothing."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from api.app import create_app
+from imgq.settings import Settings
+from ml.registry import ModelRegistry
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, payload in entries.items():
+            archive.writestr(name, payload)
+    return buffer.getvalue()
+
+
+def _classes(counts: dict[str, int]) -> dict[str, bytes]:
+    return {
+        f"{name}/{i}.png": _png((40 * i % 255, 90, 20))
+        for name, n in counts.items()
+        for i in range(n)
+    }
+
+
+@pytest.fixture
+def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
+    app = create_app(
+        settings.model_copy(
+            update={
+                "upload_dir": tmp_path / "uploads",
+                "model_store": tmp_path / "models",
+                "min_images_per_class": 3,
+                "max_dataset_ratio": 50.0,
+            }
+        )
+    )
+    with app.test_client() as test_client:
+        yield test_client
+
+
+def _post(
+    client: FlaskClient, archive: bytes, filename: str = "d.zip", **fields: str
+) -> tuple[int, str]:
+    form: dict[str, object] = {
+        "model": "pets",
+        **fields,
+        "dataset": (io.BytesIO(archive), filename),
+    }
+    response = client.post("/jobs/finetune", data=form, content_type="multipart/form-data")
+    body = response.get_json()
+    return response.status_code, body["error"]["code"] if "error" in body else "accepted"
+
+
+def _symlink_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, payload in _classes({"a": 3, "b": 3}).items():
+            archive.writestr(name, payload)
+        link = zipfile.ZipInfo("a/link.png")
+        link.external_attr = 0o120777 << 16
+        archive.writestr(link, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def _traversal_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, payload in {**_classes({"a": 3, "b": 3}), "../evil.png": _png((1, 2, 3))}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "filename", "expected"),
+    [
+        (
+            _zip({"../evil/x.png": _png((1, 1, 1)), **_classes({"a": 3, "b": 3})}),
+            "d.zip",
+            (400, "invalid_archive"),
+        ),
+        (_traversal_tar(), "d.tar.gz", (400, "invalid_archive")),
+        (_symlink_zip(), "d.zip", (400, "invalid_archive")),
+        (
+            _zip({"a/zeros.png": b"\0" * 20_000_000, **_classes({"a": 3, "b": 3})}),
+            "d.zip",
+            (413, "archive_too_large"),
+        ),
+        (_zip(_classes({"only": 6})), "d.zip", (400, "invalid_dataset")),
+        (
+            _zip({**_classes({"a": 4, "b": 4}), "empty/readme.txt": b"no images"}),
+            "d.zip",
+            (400, "invalid_dataset"),
+        ),
+        (_zip({**_classes({"a": 4}), **_classes({"b": 1})}), "d.zip", (400, "invalid_dataset")),
+        (_zip({"notes.txt": b"hello"}), "d.zip", (400, "invalid_dataset")),
+        (b"not an archive at all", "d.zip", (400, "invalid_archive")),
+        (_zip(_classes({"a": 3, "b": 3})), "d.rar", (400, "invalid_request")),
+    ],
+    ids=[
+        "zip-traversal",
+        "tar-traversal",
+        "zip-symlink",
+        "zip-bomb",
+        "one-class",
+        "empty-class",
+        "too-few-images",
+        "no-images",
+        "not-an-archive",
+        "wrong-suffix",
+    ],
+)
+def test_bad_datasets_are_refused_and_leave_nothing_behind(
+    client: FlaskClient, tmp_path: Path, archive: bytes, filename: str, expected: tuple[int, str]
+) -> None:
+    assert _post(client, archive, filename) == expected
+    assert not list((tmp_path / "uploads").glob("*"))  # the upload was removed again
+    assert ModelRegistry(tmp_path / "models").models() == ["imagenet"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"epochs": "0"}, (422, "validation_error")),
+        ({"epochs": "100000"}, (422, "validation_error")),
+        ({"unfreeze": "1.5"}, (422, "validation_error")),
+        ({"learning_rate": "-1"}, (422, "validation_error")),
+        ({"batch_size": "lots"}, (422, "validation_error")),
+        ({"base": "vgg99"}, (422, "validation_error")),
+        ({"base": "nosuchmodel:3"}, (404, "model_not_found")),
+        ({"model": "imagenet"}, (400, "reserved_model_name")),
+        ({"model": "Bad Name!"}, (422, "validation_error")),
+    ],
+)
+def test_absurd_training_parameters_are_refused(
+    client: FlaskClient, fields: dict[str, str], expected: tuple[int, str]
+) -> None:
+    assert _post(client, _zip(_classes({"a": 3, "b": 3})), **fields) == expected
+
+
+def test_missing_dataset_part_is_invalid_request(client: FlaskClient) -> None:
+    response = client.post(
+        "/jobs/finetune", data={"model": "pets"}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"

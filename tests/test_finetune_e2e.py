@@ -1,0 +1,197 @@
+"""Fine-tuning end to end: upload, train, evaluate, publish, activate, hot-swap, roll back.
+
+Real Redis, a real training worker (prefork) and a real prediction worker (threads). The
+dataset is made here from scikit-image's sample photos: random crops, flips and colour shifts
+of a cat, a coffee cup and a rocket, at a small size so training takes seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from skimage import data
+
+from imgq.localrun import free_port, start_train_worker
+from imgq.settings import Settings
+from tests.conftest import Service, wait_for_job
+
+pytestmark = pytest.mark.e2e
+
+PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
+
+
+def _variants(photo: np.ndarray, count: int, rng: np.random.Generator) -> Iterator[bytes]:
+    height, width = photo.shape[:2]
+    for _ in range(count):
+        size = int(min(height, width) * rng.uniform(0.6, 0.95))
+        top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        crop = photo[top : top + size, left : left + size].astype(np.float32)
+        crop = crop * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        image = Image.fromarray(crop.clip(0, 255).astype(np.uint8)).resize((96, 96))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        yield buffer.getvalue()
+
+
+def make_dataset_zip(per_class: int = 14, seed: int = 0) -> bytes:
+    """A ``<class>/<image>`` zip of cat, coffee and rocket crops."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, photo in PHOTOS.items():
+            for index, jpeg in enumerate(_variants(photo(), per_class, rng)):
+                archive.writestr(f"{name}/{index:03d}.jpg", jpeg)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def train_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
+    """A real training worker process."""
+    service = start_train_worker(settings, service_dir, name=f"train-{free_port()}")
+    yield service
+    service.stop()
+
+
+def _finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response:
+    form = {
+        "image_size": "64",
+        "epochs": "4",
+        "fine_tune_epochs": "1",
+        "batch_size": "16",
+        "unfreeze": "0.1",
+        **{k: str(v) for k, v in fields.items()},
+    }
+    return requests.post(
+        f"{base_url}/jobs/finetune",
+        data=form,
+        files={"dataset": ("pets.zip", archive, "application/zip")},
+        timeout=30,
+    )
+
+
+def _predict(base_url: str, image: bytes, **options: Any) -> dict[str, Any]:
+    body = {"images": [base64.b64encode(image).decode()], "top_k": 1, **options}
+    response = requests.post(f"{base_url}/jobs/predict", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    return wait_for_job(base_url, response.json()["id"])
+
+
+def _cat_image() -> bytes:
+    return next(_variants(data.chelsea(), 1, np.random.default_rng(99)))
+
+
+def test_finetune_publishes_activates_and_swaps_running_workers(
+    api_server: str, predict_worker: Service, train_worker: Service
+) -> None:
+    response = _finetune(api_server, make_dataset_zip(), model="pets")
+    assert response.status_code == 202, response.text
+    job = wait_for_job(api_server, response.json()["id"], timeout_s=600)
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["model"] == "pets" and result["version"] == 1 and result["activated"]
+    report = result["metrics"]
+    assert report["accuracy"] >= 0.75, report
+    assert set(report["per_class"]) == {"cat", "coffee", "rocket"}
+    assert len(report["confusion_matrix"]) == 3
+    assert job["progress"]["total_epochs"] == 5
+    for name in result["artifacts"]:
+        artifact = requests.get(f"{api_server}/jobs/{job['id']}/artifacts/{name}", timeout=10)
+        assert artifact.status_code == 200 and artifact.content
+    model = requests.get(f"{api_server}/models/pets", timeout=5).json()
+    assert model["active_version"] == 1
+    assert model["versions"][0]["training"]["dataset_fingerprint"]
+
+    predicted = _predict(api_server, _cat_image(), model="pets")
+    assert predicted["status"] == "succeeded", predicted
+    assert predicted["result"]["version"] == 1
+    assert predicted["result"]["predictions"][0][0]["label"] == "cat"
+
+    # A second version, trained while predictions keep flowing; none of them may fail.
+    stop, seen, failures = threading.Event(), set(), []
+
+    def keep_predicting() -> None:
+        while not stop.is_set():
+            document = _predict(api_server, _cat_image(), model="pets")
+            if document["status"] != "succeeded":
+                failures.append(document)
+            else:
+                seen.add(document["result"]["version"])
+
+    streams = [threading.Thread(target=keep_predicting) for _ in range(2)]
+    for stream in streams:
+        stream.start()
+    try:
+        second = _finetune(
+            api_server,
+            make_dataset_zip(seed=1),
+            model="pets",
+            base="pets:1",
+            epochs=2,
+            fine_tune_epochs=0,
+        )
+        assert second.status_code == 202, second.text
+        job2 = wait_for_job(api_server, second.json()["id"], timeout_s=600)
+        assert job2["status"] == "succeeded", job2
+        assert job2["result"]["version"] == 2
+        activated = requests.post(f"{api_server}/models/pets/versions/2/activate", timeout=10)
+        assert activated.status_code == 200 and activated.json()["active_version"] == 2
+        _wait_for_version(api_server, 2)
+        rollback = requests.post(f"{api_server}/models/pets/versions/1/activate", timeout=10)
+        assert rollback.json()["active_version"] == 1
+        _wait_for_version(api_server, 1)
+    finally:
+        stop.set()
+        for stream in streams:
+            stream.join()
+    assert not failures
+    assert seen == {1, 2}
+    pinned = _predict(api_server, _cat_image(), model="pets", version=2)
+    assert pinned["result"]["version"] == 2
+
+
+def _wait_for_version(base_url: str, version: int, attempts: int = 50) -> None:
+    for _ in range(attempts):
+        if _predict(base_url, _cat_image(), model="pets")["result"]["version"] == version:
+            return
+    raise AssertionError(f"workers never served version {version}")
+
+
+def test_running_finetune_is_canceled_between_batches_and_publishes_nothing(
+    api_server: str, train_worker: Service
+) -> None:
+    response = _finetune(
+        api_server,
+        make_dataset_zip(per_class=20),
+        model="slow",
+        epochs=200,
+        augment="true",
+        batch_size=4,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    for _ in range(600):
+        document = requests.get(f"{api_server}/jobs/{job_id}", timeout=5).json()
+        if document["progress"]:
+            break
+        threading.Event().wait(0.1)
+    assert document["status"] == "running" and document["progress"]["phase"] == "head"
+    canceled = requests.delete(f"{api_server}/jobs/{job_id}", timeout=5)
+    assert canceled.status_code == 202, canceled.text
+    final = wait_for_job(api_server, job_id, timeout_s=120)
+    assert final["status"] == "canceled"
+    assert requests.get(f"{api_server}/models/slow", timeout=5).status_code == 404
+    again = requests.delete(f"{api_server}/jobs/{job_id}", timeout=5)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "job_not_cancelable"

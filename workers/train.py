@@ -1,0 +1,131 @@
+"""The fine-tune task: a job id in, a published (and perhaps activated) model version out.
+
+Training messages are acknowledged when the task *starts* (``acks_late=False``), unlike
+predictions. A fine-tune can run for hours, and Redis redelivers any message left unacked
+longer than the visibility timeout, so late acks would either start a second copy of a long
+job or force a visibility timeout so long that crashed prediction batches wait hours for
+redelivery. No half-written version is ever visible, because versions are published by an
+atomic rename; a training worker that dies mid-job leaves the job ``running``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from imgq.errors import ImgqError
+from imgq.jobs import JobStore
+from imgq.model_events import announce_activation
+from imgq.queueing import FINETUNE_TASK
+from workers.celery_app import app, settings
+from workers.metrics import FINETUNE_SECONDS, JOBS_FINISHED
+
+logger = logging.getLogger(__name__)
+
+_redis = redis.Redis.from_url(settings.redis_url)
+job_store = JobStore(_redis, settings.job_ttl_s)
+
+PROGRESS_INTERVAL_S = 1.0
+"""Progress is written at most this often; cancellation is checked after every batch."""
+
+
+class RedisHooks:
+    """Training hooks that write progress to the job record and read cancel requests."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._last_write = 0.0
+        self._latest: dict[str, Any] = {}
+
+    def report(self, progress: dict[str, Any]) -> bool:
+        """Store progress (every epoch, else throttled) and say whether a cancel was requested."""
+        now = time.monotonic()
+        new_epoch = progress.get("epoch") != self._latest.get("epoch")
+        if new_epoch or now - self._last_write >= PROGRESS_INTERVAL_S:
+            self._latest, self._last_write = progress, now
+            return job_store.set_progress(self.job_id, progress)
+        return job_store.cancel_requested(self.job_id)
+
+
+def _fail(job_id: str, code: str, message: str) -> None:
+    if job_store.fail(job_id, {"code": code, "message": message}):
+        JOBS_FINISHED.labels("finetune", "failed", code).inc()
+
+
+@app.task(
+    name=FINETUNE_TASK,
+    acks_late=False,
+    soft_time_limit=settings.train_time_limit_s,
+    time_limit=settings.train_time_limit_s + 120,
+)
+def finetune(job_id: str) -> None:
+    """Run one fine-tune job recorded in Redis under ``job_id``."""
+    fields = job_store.fields(job_id)
+    if not fields or not job_store.mark_running([job_id])[0]:
+        logger.info("job gone or not queued; skipping", extra={"job_id": job_id})
+        return
+    params = json.loads(fields["params"])
+    archive = Path(params.pop("archive"))
+    started = time.monotonic()
+    try:
+        result = _run(job_id, params, archive)
+    except SoftTimeLimitExceeded:
+        _fail(job_id, "time_limit", f"Training ran past {settings.train_time_limit_s} s.")
+    except ImgqError as exc:
+        if job_store.fail(job_id, exc.to_dict()):
+            JOBS_FINISHED.labels("finetune", "failed", exc.code).inc()
+    except Exception:
+        logger.exception("fine-tune crashed", extra={"job_id": job_id})
+        _fail(job_id, "training_failed", "Training failed unexpectedly; see the worker logs.")
+    else:
+        if result is None:
+            job_store.mark_canceled(job_id)
+            JOBS_FINISHED.labels("finetune", "canceled", "").inc()
+        elif job_store.succeed(job_id, result):
+            JOBS_FINISHED.labels("finetune", "succeeded", "").inc()
+            FINETUNE_SECONDS.observe(time.monotonic() - started)
+            if result["activated"]:
+                announce_activation(_redis, result["model"])
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _run(job_id: str, params: dict[str, Any], archive: Path) -> dict[str, Any] | None:
+    """Train in this (forked) process; TensorFlow is imported here, never in the parent."""
+    from ml.archive import ArchiveLimits
+    from ml.backbones import WeightSources
+    from ml.finetune import FinetuneRequest, run_finetune
+    from ml.preprocess import ImageLimits
+    from ml.registry import ModelRegistry
+    from ml.train import TrainConfig, TrainingCanceled, configure_accelerators
+
+    configure_accelerators()
+    request = FinetuneRequest(
+        model=params.pop("model"),
+        base=params.pop("base"),
+        image_size=params.pop("image_size"),
+        config=TrainConfig(**params),
+        archive=archive,
+        min_images_per_class=settings.min_images_per_class,
+        archive_limits=ArchiveLimits(
+            settings.max_dataset_entries,
+            settings.max_dataset_unpacked_bytes,
+            settings.max_dataset_ratio,
+        ),
+        image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+        sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
+    )
+    settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run_finetune(
+            request, ModelRegistry(settings.model_store), RedisHooks(job_id), settings.upload_dir
+        )
+    except TrainingCanceled:
+        logger.info("fine-tune canceled", extra={"job_id": job_id})
+        return None
