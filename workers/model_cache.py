@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class ModelLoadFailed(ImgqError):
+    """A registered version's files cannot be loaded; jobs pinned to it fail with this code."""
+
+    code = "model_load_failed"
+    status = 500
+
+
 class ModelCache:
     """Thread-safe cache of ``Classifier`` objects; TensorFlow is imported on first load."""
 
@@ -71,14 +78,23 @@ class ModelCache:
     def _load(self, model: str, version: int) -> Classifier:
         from ml.classifier import load_classifier  # TensorFlow loads here, never before a fork
 
-        classifier = load_classifier(
-            self.registry.get(model, version),
-            self.registry.version_dir(model, version),
-            self._settings.weights_dir,
-            self._settings.max_batch_size,
-            self._settings.efficientnet_lite_checkpoint,
-        )
-        classifier.warm_up()
+        meta = self.registry.get(model, version)
+        try:
+            classifier = load_classifier(
+                meta,
+                self.registry.version_dir(model, version),
+                self._settings.weights_dir,
+                self._settings.max_batch_size,
+                self._settings.efficientnet_lite_checkpoint,
+            )
+            classifier.warm_up()
+        except ImgqError:
+            raise
+        except Exception as exc:  # a corrupt or incompatible model file, whatever Keras raises
+            raise ModelLoadFailed(
+                f"Model {model!r} version {version} could not be loaded: {exc}",
+                {"model": model, "version": version},
+            ) from exc
         return classifier
 
     def _evict(self) -> None:
@@ -110,7 +126,7 @@ class ModelCache:
             if wanted == current:
                 return
             self.get(model, wanted)
-        except (ImgqError, OSError, ValueError) as exc:
+        except ImgqError as exc:
             MODEL_LOAD_FAILURES.labels(model).inc()
             logger.error(
                 "could not load new version; keeping the serving one",

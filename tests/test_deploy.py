@@ -1,0 +1,1231 @@
+"""The container images and the Kubernetes manifests, checked offline in a few seconds.
+
+* ``deploy/overlays/*`` are rendered by a small Kustomize renderer below (only the subset of
+  Kustomize that ``deploy/`` uses; anything else is an error, not a silent difference) and
+  cross-checked against ``kubectl kustomize`` where kubectl exists.
+* Every rendered object is validated: built-in kinds with ``kubernetes-validate`` against the
+  pinned Kubernetes version's schemas (strict: unknown fields fail), KEDA objects against the
+  CRD's ``openAPIV3Schema`` kept in ``tests/data/keda`` (made strict the same way).
+* Then the parts are checked against each other and against the application: selectors,
+  references, probes, KEDA triggers against the Celery queues and the Redis Service, the
+  ConfigMap against ``imgq.settings.Settings``, the image's command lines against
+  ``imgq.processes``, Dockerfiles with hadolint and the shell scripts with shellcheck.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from imgq.processes import api_argv, predict_worker_argv, train_worker_argv
+from imgq.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+DOCKER = REPO / "docker"
+KEDA_SCHEMAS = Path(__file__).resolve().parent / "data" / "keda"
+OVERLAYS = ["cpu", "gpu"]
+
+KUBERNETES_VERSION = "1.33.0"
+"""Kubernetes version whose schemas the manifests must satisfy (shipped by kubernetes-validate)."""
+
+Manifest = dict[str, Any]
+
+
+# --- A renderer for the subset of Kustomize that deploy/ uses -----------------------------------
+
+
+class KustomizeError(Exception):
+    """A kustomization is wrong, or uses something outside the subset rendered here."""
+
+
+KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "namespace",
+    "labels",
+    "images",
+    "patches",
+    "configMapGenerator",
+    "secretGenerator",
+}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+}
+BUILTIN_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+}
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "topologySpreadConstraints": "topologyKey",
+}
+"""Strategic-merge keys of the Kubernetes lists patched here (their ``patchMergeKey``)."""
+REPLACED_LISTS = {"tolerations", "envFrom"}
+"""Lists of objects that a strategic merge patch replaces whole (no merge key in Kubernetes)."""
+
+
+@dataclass
+class Build:
+    """Resources of one kustomization, and which of them generators made (named before hashing)."""
+
+    resources: list[Manifest]
+    generated: set[tuple[str, str]] = field(default_factory=set)
+
+
+def render(directory: Path) -> list[Manifest]:
+    """Render a kustomization directory as ``kustomize build`` does, for the supported subset.
+
+    Supported: ``resources`` (files and directories), ``configMapGenerator`` and
+    ``secretGenerator`` (``envs``, ``literals``, ``behavior``) with their content-hash name
+    suffix, ``patches`` (strategic merge for built-in kinds, JSON 6902 with a target),
+    ``namespace``, ``labels`` (``includeTemplates``) and ``images``. Unlike kustomize, a patch
+    that matches no resource is an error.
+    """
+    build = _build(directory)
+    renames = {}
+    for manifest in build.resources:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in build.generated:
+            renames[key] = f"{key[1]}-{kustomize_hash(manifest)}"
+            manifest["metadata"]["name"] = renames[key]
+    for manifest in build.resources:
+        for pod_spec in _pod_specs(manifest):
+            _rename_references(pod_spec, renames)
+    return build.resources
+
+
+def _build(directory: Path) -> Build:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - KUSTOMIZATION_KEYS
+    if unsupported:
+        raise KustomizeError(f"{directory}: unsupported kustomization fields {sorted(unsupported)}")
+    build = Build(resources=[])
+    for entry in kustomization.get("resources", []):
+        _load(directory / entry, build)
+    for kind, key in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
+        for spec in kustomization.get(key, []):
+            _generate(directory, kind, spec, build)
+    for patch in kustomization.get("patches", []):
+        _apply_patch(directory, patch, build.resources)
+    if "namespace" in kustomization:
+        for manifest in build.resources:
+            if manifest["kind"] not in CLUSTER_SCOPED:
+                manifest["metadata"]["namespace"] = kustomization["namespace"]
+    for entry in kustomization.get("labels", []):
+        _add_labels(entry, build.resources)
+    for image in kustomization.get("images", []):
+        _set_image(image, build.resources)
+    ids = [
+        (m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]) for m in build.resources
+    ]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+    if duplicates:
+        raise KustomizeError(f"{directory}: duplicate resources {duplicates}")
+    return build
+
+
+def _load(path: Path, build: Build) -> None:
+    """Add a resources entry: a kustomization directory, built first, or a YAML file."""
+    if path.is_dir():
+        sub = _build(path.resolve())
+        build.resources += sub.resources
+        build.generated |= sub.generated
+    else:
+        build.resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _read_env_file(path: Path) -> list[tuple[str, str]]:
+    """KEY=VALUE lines as kustomize reads them: leading blanks and # comments skipped."""
+    pairs = []
+    for line in path.read_text().splitlines():
+        line = line.lstrip()  # noqa: PLW2901
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise KustomizeError(f"{path}: {key!r} has no value (kustomize would read the OS env)")
+        pairs.append((key, value))
+    return pairs
+
+
+def kustomize_base64(value: str) -> str:
+    """Base64 as kustomize writes Secret data: lines of 70, each ending in a newline if several."""
+    encoded = base64.b64encode(value.encode()).decode()
+    if len(encoded) < 70:
+        return encoded
+    return "".join(encoded[i : i + 70] + "\n" for i in range(0, len(encoded), 70))
+
+
+def _generate(directory: Path, kind: str, spec: Manifest, build: Build) -> None:
+    allowed = {"name", "envs", "literals", "behavior"} | ({"type"} if kind == "Secret" else set())
+    if set(spec) - allowed:
+        raise KustomizeError(f"{spec.get('name')}: unsupported fields {set(spec) - allowed}")
+    pairs = [pair for env in spec.get("envs", []) for pair in _read_env_file(directory / env)]
+    for literal in spec.get("literals", []):
+        key, sep, value = literal.partition("=")
+        if not sep or value[:1] in {"'", '"'}:
+            raise KustomizeError(f"unsupported literal {literal!r}")
+        pairs.append((key, value))
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise KustomizeError(f"{spec['name']}: a key is given twice")
+    data = {key: value if kind == "ConfigMap" else kustomize_base64(value) for key, value in pairs}
+    name, behavior = spec["name"], spec.get("behavior", "create")
+    existing = [m for m in build.resources if (m["kind"], m["metadata"]["name"]) == (kind, name)]
+    if behavior == "create" and not existing:
+        manifest: Manifest = {
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "data": data,
+        }
+        if kind == "Secret":
+            manifest["type"] = spec.get("type", "Opaque")
+        build.resources.append(manifest)
+        build.generated.add((kind, name))
+    elif behavior in {"merge", "replace"} and existing and (kind, name) in build.generated:
+        existing[0]["data"] = {**existing[0]["data"], **data} if behavior == "merge" else data
+    else:
+        raise KustomizeError(f"{kind} {name}: behavior {behavior!r} does not fit what exists")
+
+
+def kustomize_hash(manifest: Manifest) -> str:
+    """The name suffix kustomize gives a generated ConfigMap or Secret.
+
+    kustomize hashes the JSON of kind, data (and type) with an *empty* name: it looks the name
+    up under the literal key ``metadata/name``, finds nothing and uses "". Mirrored here so the
+    names agree with kustomize's.
+    """
+    fields: Manifest = {"kind": manifest["kind"], "name": "", "data": manifest.get("data", "")}
+    if manifest["kind"] == "Secret":
+        fields["type"] = manifest.get("type", "")
+    # Go's json.Marshal: sorted keys, no spaces, <, > and & escaped.
+    encoded = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        encoded = encoded.replace(char, escape)
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def _matches(manifest: Manifest, target: Manifest) -> bool:
+    unsupported = set(target) - {"group", "version", "kind", "name", "namespace"}
+    if unsupported:
+        raise KustomizeError(f"unsupported patch target fields {sorted(unsupported)}")
+    group, _, version = manifest["apiVersion"].rpartition("/")
+    actual = {
+        "group": group,
+        "version": version,
+        "kind": manifest["kind"],
+        "name": manifest["metadata"]["name"],
+        "namespace": manifest["metadata"].get("namespace"),
+    }
+    return all(actual[key] == value for key, value in target.items())
+
+
+def _apply_patch(directory: Path, patch: Manifest, resources: list[Manifest]) -> None:
+    if set(patch) - {"path", "patch", "target"}:
+        raise KustomizeError(f"unsupported patch fields {sorted(set(patch))}")
+    text = (directory / patch["path"]).read_text() if "path" in patch else patch["patch"]
+    body = yaml.safe_load(text)
+    target = patch.get("target")
+    if isinstance(body, list) and target is None:
+        raise KustomizeError("a JSON 6902 patch needs a target")
+    if target is None:
+        group, _, version = body["apiVersion"].rpartition("/")
+        target = {
+            "group": group,
+            "version": version,
+            "kind": body["kind"],
+            "name": body["metadata"]["name"],
+        }
+    indexes = [i for i, manifest in enumerate(resources) if _matches(manifest, target)]
+    if not indexes:
+        raise KustomizeError(f"patch {patch.get('path', '(inline)')} matches no resource: {target}")
+    for i in indexes:
+        if isinstance(body, list):
+            apply_json6902(resources[i], body)
+        elif resources[i]["kind"] in BUILTIN_KINDS:
+            resources[i] = strategic_merge(resources[i], body)
+        else:
+            raise KustomizeError(f"strategic merge into {resources[i]['kind']} is not supported")
+
+
+def strategic_merge(target: Any, patch: Any, field_name: str = "") -> Any:
+    """Kubernetes strategic merge, for maps and the lists in MERGE_KEYS and REPLACED_LISTS.
+
+    Like kustomize, a merged list holds the patch's items first (merged into the existing item
+    with the same key), then the existing items the patch does not name. ``null`` deletes.
+    """
+    if isinstance(patch, dict):
+        if any(key.startswith("$") for key in patch):
+            raise KustomizeError(f"patch directives are not supported: {sorted(patch)}")
+        merged = dict(target) if isinstance(target, dict) else {}
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = strategic_merge(merged.get(key), value, key)
+        return merged
+    if isinstance(patch, list) and any(isinstance(item, dict) for item in patch):
+        if field_name in REPLACED_LISTS:
+            return copy.deepcopy(patch)
+        if field_name not in MERGE_KEYS:
+            raise KustomizeError(f"no strategic-merge rule for the list {field_name!r}")
+        key = MERGE_KEYS[field_name]
+        if not all(key in item for item in [*patch, *(target or [])]):
+            raise KustomizeError(f"items of {field_name!r} without their merge key {key!r}")
+        existing = {item[key]: item for item in target or []}
+        named = {item[key] for item in patch}
+        return [strategic_merge(existing.get(item[key]), item) for item in patch] + [
+            copy.deepcopy(item) for item in target or [] if item[key] not in named
+        ]
+    return copy.deepcopy(patch)
+
+
+def apply_json6902(manifest: Manifest, operations: list[Manifest]) -> None:
+    """Apply JSON patch operations (add, remove, replace, test) in place."""
+    for operation in operations:
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in operation["path"].split("/")[1:]]
+        parent: Any = manifest
+        for token in tokens[:-1]:
+            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+        last: Any = tokens[-1]
+        if isinstance(parent, list):
+            last = len(parent) if last == "-" else int(last)
+        elif operation["op"] in {"remove", "replace", "test"} and last not in parent:
+            raise KustomizeError(f"{operation['op']} {operation['path']}: no such field")
+        if operation["op"] == "add" and isinstance(parent, list):
+            parent.insert(last, operation["value"])
+        elif operation["op"] in {"add", "replace"}:
+            parent[last] = operation["value"]
+        elif operation["op"] == "remove":
+            del parent[last]
+        elif operation["op"] != "test" or parent[last] != operation["value"]:
+            raise KustomizeError(f"JSON patch operation failed or unsupported: {operation}")
+
+
+def _add_labels(entry: Manifest, resources: list[Manifest]) -> None:
+    supported = {"pairs", "includeTemplates", "includeSelectors"}
+    if set(entry) - supported or entry.get("includeSelectors"):
+        raise KustomizeError(f"unsupported labels entry {entry}")
+    for manifest in resources:
+        manifest["metadata"].setdefault("labels", {}).update(entry["pairs"])
+        if entry.get("includeTemplates") and manifest["kind"] in POD_TEMPLATE_KINDS:
+            template = manifest["spec"]["template"].setdefault("metadata", {})
+            template.setdefault("labels", {}).update(entry["pairs"])
+            for claim in manifest["spec"].get("volumeClaimTemplates", []):
+                claim["metadata"].setdefault("labels", {}).update(entry["pairs"])
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` into its parts (a registry port is part of the name)."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    if ":" in name[slash + 1 :]:
+        name, _, tag = name.rpartition(":")
+        return name, tag, digest or None
+    return name, None, digest or None
+
+
+def _set_image(spec: Manifest, resources: list[Manifest]) -> None:
+    if set(spec) - {"name", "newName", "newTag", "digest"}:
+        raise KustomizeError(f"unsupported images entry {spec}")
+    for manifest in resources:
+        for container in containers(manifest):
+            name, tag, digest = split_image(container["image"])
+            if name != spec["name"]:
+                continue
+            image = spec.get("newName", name)
+            if "digest" in spec:
+                image += "@" + spec["digest"]
+            elif "newTag" in spec:
+                image += ":" + str(spec["newTag"])
+            else:
+                image += (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+            container["image"] = image
+
+
+def _rename_references(pod_spec: Manifest, renames: dict[tuple[str, str], str]) -> None:
+    """Point a pod's ConfigMap and Secret references at the hashed names, as kustomize does."""
+
+    def rename(ref: Manifest | None, kind: str, key: str = "name") -> None:
+        if ref is not None and (kind, ref.get(key)) in renames:
+            ref[key] = renames[(kind, ref[key])]
+
+    for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
+        for source in container.get("envFrom", []):
+            rename(source.get("configMapRef"), "ConfigMap")
+            rename(source.get("secretRef"), "Secret")
+        for variable in container.get("env", []):
+            rename(variable.get("valueFrom", {}).get("configMapKeyRef"), "ConfigMap")
+            rename(variable.get("valueFrom", {}).get("secretKeyRef"), "Secret")
+    for volume in pod_spec.get("volumes", []):
+        rename(volume.get("configMap"), "ConfigMap")
+        rename(volume.get("secret"), "Secret", "secretName")
+    for secret in pod_spec.get("imagePullSecrets", []):
+        rename(secret, "Secret")
+
+
+# --- Queries on rendered manifests ------------------------------------------------------------
+
+
+def _pod_specs(manifest: Manifest) -> list[Manifest]:
+    if manifest["kind"] in POD_TEMPLATE_KINDS:
+        return [manifest["spec"]["template"]["spec"]]
+    return []
+
+
+def containers(manifest: Manifest) -> list[Manifest]:
+    """Every container and init container of a workload."""
+    return [
+        container
+        for pod_spec in _pod_specs(manifest)
+        for container in pod_spec.get("initContainers", []) + pod_spec["containers"]
+    ]
+
+
+@functools.cache
+def _rendered(overlay: str) -> tuple[Manifest, ...]:
+    return tuple(render(DEPLOY / "overlays" / overlay))
+
+
+def rendered(overlay: str) -> list[Manifest]:
+    """A fresh copy of an overlay's rendered objects (tests may change their copy)."""
+    return copy.deepcopy(list(_rendered(overlay)))
+
+
+def one(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    """The object of that kind and name, or fail."""
+    found = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def generated(manifests: list[Manifest], kind: str, base_name: str) -> Manifest:
+    """The generated ConfigMap or Secret whose name is base_name plus a hash suffix."""
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind and re.fullmatch(rf"{base_name}-[a-z0-9]{{10}}", m["metadata"]["name"])
+    ]
+    assert len(found) == 1, f"expected one generated {kind} {base_name}-<hash>"
+    return found[0]
+
+
+def config(manifests: list[Manifest]) -> dict[str, str]:
+    """The IMGQ_* settings of the imgq ConfigMap."""
+    data: dict[str, str] = generated(manifests, "ConfigMap", "imgq-config")["data"]
+    return data
+
+
+def settings_from(variables: dict[str, str]) -> Settings:
+    """Settings from IMGQ_* variables, validated, without reading this process's environment."""
+    fields = {f"IMGQ_{name.upper()}" for name in Settings.model_fields}
+    assert set(variables) <= fields, f"not imgq settings: {sorted(set(variables) - fields)}"
+    return Settings.model_validate(
+        {key.removeprefix("IMGQ_").lower(): value for key, value in variables.items()}
+    )
+
+
+def secret(manifests: list[Manifest]) -> dict[str, str]:
+    """The decoded data of the Redis Secret."""
+    data = generated(manifests, "Secret", "imgq-redis")["data"]
+    return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def workloads(manifests: list[Manifest]) -> list[Manifest]:
+    """Deployments and StatefulSets."""
+    return [m for m in manifests if m["kind"] in POD_TEMPLATE_KINDS]
+
+
+def template_labels(workload: Manifest) -> dict[str, str]:
+    """Labels of a workload's pods."""
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels and In/NotIn/Exists expressions) matches labels."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        if operator == "In" and labels.get(key) not in expression["values"]:
+            return False
+        if operator == "NotIn" and labels.get(key) in expression["values"]:
+            return False
+        if operator in {"Exists", "DoesNotExist"} and (key in labels) != (operator == "Exists"):
+            return False
+    return True
+
+
+def role(workload: Manifest) -> str:
+    """The image role a workload's main container runs (its first argument)."""
+    role_name: str = workload["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    return role_name
+
+
+def env_names(container: Manifest) -> set[str]:
+    """Names of the variables a container sets one by one."""
+    return {variable["name"] for variable in container.get("env", [])}
+
+
+def probe_command(probe: Manifest) -> str:
+    """An exec probe's command as one string."""
+    return " ".join(probe["exec"]["command"])
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD schema that rejects unknown fields, as the API server's strict validation does."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+@functools.cache
+def keda_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    """A validator per (apiVersion, kind) of the KEDA CRDs in tests/data/keda."""
+    validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}
+    for path in sorted(KEDA_SCHEMAS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            kind = crd["spec"]["names"]["kind"]
+            validators[(api_version, kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def validate(manifest: Manifest) -> None:
+    """Raise if the object would not be accepted by the pinned Kubernetes (or KEDA) version."""
+    if not NAME.fullmatch(manifest["metadata"]["name"]):
+        raise ValueError(f"invalid name {manifest['metadata']['name']!r}")
+    if manifest["apiVersion"].startswith("keda.sh/"):
+        validator = keda_validators().get((manifest["apiVersion"], manifest["kind"]))
+        if validator is None:
+            raise ValueError(f"no schema in {KEDA_SCHEMAS} for {manifest['kind']}")
+        validator.validate(manifest)
+    else:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+# --- The renderer itself ------------------------------------------------------------------------
+
+
+def test_renderer_hash_and_encoding_match_kustomize() -> None:
+    # Known outputs of kustomize 5.5 for `configMapGenerator: [{name: c, literals: [a=b]}]`.
+    assert kustomize_hash({"kind": "ConfigMap", "data": {"a": "b"}}) == "4h2mbtbbt6"
+    url = "redis://:change-me-not-a-real-password@imgq-redis:6379/0"
+    assert kustomize_base64(url) == (
+        "cmVkaXM6Ly86Y2hhbmdlLW1lLW5vdC1hLXJlYWwtcGFzc3dvcmRAaW1ncS1yZWRpczo2Mz\nc5LzA=\n"
+    )
+
+
+def test_strategic_merge_orders_lists_like_kustomize() -> None:
+    target = {
+        "containers": [
+            {
+                "name": "a",
+                "image": "x",
+                "args": ["q"],
+                "env": [{"name": "E1", "value": "1"}, {"name": "E2", "value": "2"}],
+            },
+            {"name": "b", "image": "y"},
+        ],
+        "tolerations": [{"key": "k1"}],
+    }
+    patch = {
+        "containers": [
+            {"name": "c", "image": "w"},
+            {
+                "name": "a",
+                "args": ["s"],
+                "env": [{"name": "N", "value": "n"}, {"name": "E2", "value": "22"}],
+            },
+        ],
+        "tolerations": [{"key": "k2"}],
+    }
+    assert strategic_merge(target, patch) == {
+        "containers": [
+            {"name": "c", "image": "w"},
+            {
+                "name": "a",
+                "image": "x",
+                "args": ["s"],
+                "env": [
+                    {"name": "N", "value": "n"},
+                    {"name": "E2", "value": "22"},
+                    {"name": "E1", "value": "1"},
+                ],
+            },
+            {"name": "b", "image": "y"},
+        ],
+        "tolerations": [{"key": "k2"}],
+    }
+    with pytest.raises(KustomizeError):
+        strategic_merge({"items": [{"a": 1}]}, {"items": [{"a": 2}]})
+
+
+def test_json_patch_and_image_parsing() -> None:
+    manifest: Manifest = {"spec": {"max": 1, "list": [1, 2]}}
+    apply_json6902(
+        manifest,
+        [
+            {"op": "replace", "path": "/spec/max", "value": 4},
+            {"op": "add", "path": "/spec/list/-", "value": 3},
+            {"op": "remove", "path": "/spec/list/0"},
+        ],
+    )
+    assert manifest == {"spec": {"max": 4, "list": [2, 3]}}
+    with pytest.raises(KustomizeError):
+        apply_json6902(manifest, [{"op": "replace", "path": "/spec/min", "value": 0}])
+    assert split_image("host:5000/imgq:1.2@sha256:ab") == ("host:5000/imgq", "1.2", "sha256:ab")
+    assert split_image("registry:5000/imgq") == ("registry:5000/imgq", None, None)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the renderer is checked by its own tests only")
+    output = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    theirs = {(m["kind"], m["metadata"]["name"]): m for m in yaml.safe_load_all(output) if m}
+    ours = {(m["kind"], m["metadata"]["name"]): m for m in rendered(overlay)}
+    assert sorted(ours) == sorted(theirs)
+    for key, manifest in ours.items():
+        assert manifest == theirs[key], key
+
+
+def test_a_patch_that_matches_nothing_fails_the_render(tmp_path: Path) -> None:
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    patch = tmp_path / "deploy" / "overlays" / "gpu" / "predict-worker-gpu.yaml"
+    patch.write_text(patch.read_text().replace("name: imgq-predict-worker", "name: imgq-predict"))
+    with pytest.raises(KustomizeError, match="matches no resource"):
+        render(tmp_path / "deploy" / "overlays" / "gpu")
+
+
+# --- Schemas --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_valid_for_the_pinned_kubernetes_and_keda(overlay: str) -> None:
+    manifests = rendered(overlay)
+    for manifest in manifests:
+        validate(manifest)
+    kinds = {m["kind"] for m in manifests}
+    assert {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "ScaledObject",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Secret",
+    } <= kinds
+
+
+def _break_deployment_replicas(manifests: list[Manifest]) -> Manifest:
+    manifest = one(manifests, "Deployment", "imgq-api")
+    manifest["spec"]["replicas"] = "two"
+    return manifest
+
+
+def _break_container_field(manifests: list[Manifest]) -> Manifest:
+    manifest = one(manifests, "Deployment", "imgq-predict-worker")
+    manifest["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    return manifest
+
+
+def _break_scaled_object_type(manifests: list[Manifest]) -> Manifest:
+    manifest = one(manifests, "ScaledObject", "imgq-predict-worker")
+    manifest["spec"]["minReplicaCount"] = "one"
+    return manifest
+
+
+def _break_scaled_object_field(manifests: list[Manifest]) -> Manifest:
+    manifest = one(manifests, "ScaledObject", "imgq-train-worker")
+    manifest["spec"]["triggers"][0]["metdata"] = manifest["spec"]["triggers"][0].pop("metadata")
+    return manifest
+
+
+def _break_name(manifests: list[Manifest]) -> Manifest:
+    manifest = one(manifests, "Service", "imgq-api")
+    manifest["metadata"]["name"] = "imgq_api"
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _break_deployment_replicas,
+        _break_container_field,
+        _break_scaled_object_type,
+        _break_scaled_object_field,
+        _break_name,
+    ],
+)
+def test_a_broken_manifest_fails_validation(breakage: Any) -> None:
+    manifest = breakage(rendered("gpu"))
+    with pytest.raises((jsonschema.ValidationError, ValueError)):
+        validate(manifest)
+
+
+def test_an_unknown_kind_fails_validation() -> None:
+    with pytest.raises(ValueError, match="no schema"):
+        validate({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledJob", "metadata": {"name": "x"}})
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}})
+
+
+# --- How the objects fit together -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_selectors_and_targets_point_at_real_pods(overlay: str) -> None:
+    manifests = rendered(overlay)
+    pods = [template_labels(w) for w in workloads(manifests)]
+    for workload in workloads(manifests):
+        assert selects(workload["spec"]["selector"], template_labels(workload))
+        for constraint in workload["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            assert selects(constraint["labelSelector"], template_labels(workload))
+    for manifest in manifests:
+        if manifest["kind"] == "Service":
+            selector = {"matchLabels": manifest["spec"]["selector"]}
+            matched = [w for w in workloads(manifests) if selects(selector, template_labels(w))]
+            assert len(matched) == 1, manifest["metadata"]["name"]
+            port_names = {p.get("name") for c in containers(matched[0]) for p in c.get("ports", [])}
+            assert {p["targetPort"] for p in manifest["spec"]["ports"]} <= port_names
+        if manifest["kind"] in {"PodDisruptionBudget", "NetworkPolicy"}:
+            selector = manifest["spec"].get("selector") or manifest["spec"]["podSelector"]
+            matching = sum(selects(selector, labels) for labels in pods)
+            assert matching == 1, manifest["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscalers_own_their_replica_counts(overlay: str) -> None:
+    manifests = rendered(overlay)
+    scalers = [m for m in manifests if m["kind"] in {"HorizontalPodAutoscaler", "ScaledObject"}]
+    targets = [s["spec"]["scaleTargetRef"]["name"] for s in scalers]
+    assert len(targets) == len(set(targets)), "two autoscalers fight over one Deployment"
+    for name in targets:
+        deployment = one(manifests, "Deployment", name)
+        assert "replicas" not in deployment["spec"], f"{name}: apply would reset the autoscaler"
+    assert set(targets) == {"imgq-api", "imgq-predict-worker", "imgq-train-worker"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_references_resolve(overlay: str) -> None:
+    manifests = rendered(overlay)
+    names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    data = {(m["kind"], m["metadata"]["name"]): m.get("data", {}) for m in manifests}
+    for workload in workloads(manifests):
+        pod_spec = workload["spec"]["template"]["spec"]
+        if "serviceAccountName" in pod_spec:
+            assert ("ServiceAccount", pod_spec["serviceAccountName"]) in names
+        for volume in pod_spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in names
+        mounted = {m["name"] for c in containers(workload) for m in c.get("volumeMounts", [])}
+        declared = {v["name"] for v in pod_spec.get("volumes", [])}
+        claims = workload["spec"].get("volumeClaimTemplates", [])
+        declared |= {claim["metadata"]["name"] for claim in claims}
+        assert mounted <= declared
+        for container in containers(workload):
+            for source in container.get("envFrom", []):
+                assert ("ConfigMap", source["configMapRef"]["name"]) in names
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in data[("Secret", ref["name"])], ref
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_hardened_and_bounded(overlay: str) -> None:
+    for workload in workloads(rendered(overlay)):
+        pod_spec = workload["spec"]["template"]["spec"]
+        assert pod_spec["securityContext"]["runAsNonRoot"] is True
+        assert pod_spec["securityContext"]["runAsUser"] > 0
+        assert pod_spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod_spec.get("automountServiceAccountToken") is False
+        # Service links would add IMGQ_<SERVICE>_* variables, in the settings' namespace.
+        assert pod_spec.get("enableServiceLinks") is False
+        for container in containers(workload):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"]["drop"] == ["ALL"]
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound])
+            name, tag, digest = split_image(container["image"])
+            assert (tag and tag != "latest") or digest, container["image"]
+            assert "/" in name or name == "redis", f"unresolved image placeholder {name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_and_shutdown(overlay: str) -> None:
+    manifests = rendered(overlay)
+    settings = config(manifests)
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            name = workload["metadata"]["name"]
+            assert {"livenessProbe", "readinessProbe"} <= set(container), name
+    api = one(manifests, "Deployment", "imgq-api")
+    api_container = containers(api)[0]
+    port = int(settings["IMGQ_API_BIND"].rpartition(":")[2])
+    assert api_container["ports"] == [{"name": "http", "containerPort": port}]
+    assert api_container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api_container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api_container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    # preStop sleep, then gunicorn's --graceful-timeout 20, inside the grace period.
+    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 5 + 20
+    prometheus = {v["name"]: v["value"] for v in api_container["env"] if "value" in v}
+    assert {"mountPath": prometheus["PROMETHEUS_MULTIPROC_DIR"], "name": "prometheus"} in (
+        api_container["volumeMounts"]
+    )
+
+    predict = one(manifests, "Deployment", "imgq-predict-worker")
+    worker = containers(predict)[0]
+    assert settings["IMGQ_READY_FILE"].startswith("/tmp/")  # an emptyDir, writable
+    for probe in ("startupProbe", "readinessProbe"):
+        assert probe_command(worker[probe]) == 'sh -c test -f "$IMGQ_READY_FILE"'
+    assert 'rm -f "$IMGQ_READY_FILE"' in probe_command(worker["lifecycle"]["preStop"])
+    metrics_port = int(settings["IMGQ_METRICS_PORT"])
+    assert worker["ports"] == [{"name": "metrics", "containerPort": metrics_port}]
+
+    for workload in workloads(manifests):
+        queue = role(workload).removesuffix("-worker")
+        if role(workload).endswith("-worker"):
+            liveness = probe_command(containers(workload)[0]["livenessProbe"])
+            assert f'inspect ping -d "{queue}@$HOSTNAME"' in liveness
+    train = one(manifests, "Deployment", "imgq-train-worker")
+    time_limit_s = settings_from(settings).train_time_limit_s
+    grace_s = train["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace_s >= time_limit_s + 60, "a running fine-tune must finish in the warm shutdown"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_triggers_watch_the_celery_queues(overlay: str) -> None:
+    manifests = rendered(overlay)
+    settings, redis_secret = config(manifests), secret(manifests)
+    url = urlparse(redis_secret["IMGQ_REDIS_URL"])
+    redis_service = one(manifests, "Service", "imgq-redis")
+    namespace = redis_service["metadata"]["namespace"]
+    known = {
+        "address",
+        "host",
+        "port",
+        "listName",
+        "listLength",
+        "activationListLength",
+        "databaseIndex",
+        "enableTLS",
+        "unsafeSsl",
+        "usernameFromEnv",
+        "passwordFromEnv",
+        "addressFromEnv",
+        "hostFromEnv",
+        "portFromEnv",
+    }
+    scaled = [m for m in manifests if m["kind"] == "ScaledObject"]
+    for scaled_object in scaled:
+        target = one(manifests, "Deployment", scaled_object["spec"]["scaleTargetRef"]["name"])
+        (trigger,) = scaled_object["spec"]["triggers"]
+        metadata = trigger["metadata"]
+        assert trigger["type"] == "redis"
+        assert set(metadata) <= known, set(metadata) - known
+        assert metadata["listName"] == role(target).removesuffix("-worker")
+        assert metadata["address"] == (
+            f"{redis_service['metadata']['name']}.{namespace}.svc.cluster.local:{url.port}"
+        )
+        assert url.port in [p["port"] for p in redis_service["spec"]["ports"]]
+        assert metadata["databaseIndex"] == url.path.strip("/")
+        assert metadata["passwordFromEnv"] in env_names(containers(target)[0])
+    predict = one(manifests, "ScaledObject", "imgq-predict-worker")["spec"]
+    assert predict["triggers"][0]["metadata"]["listLength"] == settings["IMGQ_MAX_BATCH_SIZE"], (
+        "scale when a batch waits beyond what the workers already prefetched"
+    )
+    assert predict["minReplicaCount"] >= 1, "keep a warm worker: loading a model takes long"
+    train = one(manifests, "ScaledObject", "imgq-train-worker")["spec"]
+    assert (train["minReplicaCount"], train["triggers"][0]["metadata"]["listLength"]) == (0, "1")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_url_secret_and_server_agree(overlay: str) -> None:
+    manifests = rendered(overlay)
+    redis_secret = secret(manifests)
+    url = urlparse(redis_secret["IMGQ_REDIS_URL"])
+    assert url.password == redis_secret["REDIS_PASSWORD"]
+    assert url.hostname == one(manifests, "Service", "imgq-redis")["metadata"]["name"]
+    redis = one(manifests, "StatefulSet", "imgq-redis")
+    server = containers(redis)[0]
+    args = server["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert {"name": "data", "mountPath": args[args.index("--dir") + 1]} in server["volumeMounts"]
+    assert [t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]] == ["data"]
+    assert server["ports"][0]["containerPort"] == url.port
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_map_holds_valid_settings(overlay: str) -> None:
+    settings_from(config(rendered(overlay)))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_api_and_workers_reach_redis(overlay: str) -> None:
+    manifests = rendered(overlay)
+    policy = one(manifests, "NetworkPolicy", "imgq-redis")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    in_namespace = [peer["podSelector"] for peer in rule["from"] if "namespaceSelector" not in peer]
+    for workload in workloads(manifests):
+        clients = "IMGQ_REDIS_URL" in env_names(containers(workload)[0])
+        admitted = any(selects(s, template_labels(workload)) for s in in_namespace)
+        assert clients == admitted, workload["metadata"]["name"]
+    # The other peer is the KEDA operator, which reads the queue lengths.
+    (keda,) = [peer for peer in rule["from"] if "namespaceSelector" in peer]
+    assert keda["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+
+
+SHARED_STORES = [
+    ("IMGQ_MODEL_STORE", "imgq-models", ("imgq-api", "imgq-predict-worker", "imgq-train-worker")),
+    ("IMGQ_UPLOAD_DIR", "imgq-uploads", ("imgq-api", "imgq-train-worker")),
+]
+"""Setting, ReadWriteMany claim, and the Deployments that share it at that path."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_and_workers_share_the_model_store_and_uploads(overlay: str) -> None:
+    manifests = rendered(overlay)
+    for setting, claim_name, deployments in SHARED_STORES:
+        claim = one(manifests, "PersistentVolumeClaim", claim_name)
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        path = config(manifests)[setting]
+        for name in deployments:
+            workload = one(manifests, "Deployment", name)
+            volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+            mounts = containers(workload)[0]["volumeMounts"]
+            (mount,) = [m for m in mounts if m["mountPath"] == path]
+            assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim_name
+
+
+def test_only_gpu_prediction_workers_ask_for_gpus() -> None:
+    for overlay in OVERLAYS:
+        for workload in workloads(rendered(overlay)):
+            for container in containers(workload):
+                gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+                on_gpu = overlay == "gpu" and workload["metadata"]["name"] == "imgq-predict-worker"
+                assert gpus == (1 if on_gpu else None), (overlay, workload["metadata"]["name"])
+                assert split_image(container["image"])[0].endswith("-gpu") == on_gpu
+
+
+# --- The images --------------------------------------------------------------------------------
+
+
+def tool(name: str) -> str:
+    """A command-line tool installed beside this Python (the dev extra), or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is missing: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+@dataclass
+class Instruction:
+    """One Dockerfile instruction, continuation lines joined."""
+
+    keyword: str
+    arguments: str
+
+
+def dockerfile_stages(path: Path) -> list[list[Instruction]]:
+    """Instructions of each stage; the ARGs before the first FROM form stage zero."""
+    stages: list[list[Instruction]] = [[]]
+    text = re.sub(r"\\\n", " ", path.read_text())
+    for line in text.splitlines():
+        line = line.strip()  # noqa: PLW2901
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append(Instruction(keyword.upper(), arguments.strip()))
+    return stages
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    """The ENV values a stage sets."""
+    values: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            values.update(re.findall(r"(\w+)=(\S+)", instruction.arguments))
+    return values
+
+
+DOCKERFILES = ["Dockerfile", "Dockerfile.gpu"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_hadolint_passes(dockerfile: str) -> None:
+    result = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "style", str(DOCKER / dockerfile)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python app.py\n")
+    result = subprocess.run(
+        [tool("hadolint"), str(bad)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted(str(path) for path in DOCKER.glob("*.sh"))
+    result = subprocess.run(
+        [tool("shellcheck"), *scripts], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_bake_weights_run_as_non_root_and_check_health(dockerfile: str) -> None:
+    preamble, *stages = dockerfile_stages(DOCKER / dockerfile)
+    assert len(stages) >= 2, "multi-stage: build tools and caches stay out of the image"
+    build, final = stages[0], stages[-1]
+    weights_dir = env_of(final)["IMGQ_WEIGHTS_DIR"]
+    (convert,) = [i.arguments for i in build if "load_lite_imagenet" in i.arguments]
+    assert f"load_lite_imagenet('lite0', Path('{weights_dir}'))" in convert
+    # The converted file is written 0600 by root; the runtime user must be able to read it.
+    assert f"chmod -R a+rX {weights_dir}" in convert
+    assert any(
+        i.keyword == "COPY"
+        and i.arguments.startswith("--from=build")
+        and weights_dir.startswith(i.arguments.split()[1])
+        for i in final
+    )
+    keywords = [i.keyword for i in final]
+    user = next(i.arguments for i in reversed(final) if i.keyword == "USER").split(":")[0]
+    args = dict(i.arguments.split("=", 1) for i in final if i.keyword == "ARG")
+    assert int(re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], user)) > 0
+    assert "HEALTHCHECK" in keywords
+    assert final[keywords.index("ENTRYPOINT")].arguments == '["imgq-entrypoint"]'
+    assert all(i.keyword == "ARG" for i in preamble)
+
+
+def test_base_images_are_pinned_to_the_project_versions() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    tensorflow = next(d for d in project["dependencies"] if d.startswith("tensorflow-cpu=="))
+    version = tensorflow.split("==")[1].split(";")[0].strip()
+    cpu_base = re.search(
+        r"ARG PYTHON_IMAGE=python:(\d+)\.(\d+)\.(\d+)-slim-\w+", (DOCKER / "Dockerfile").read_text()
+    )
+    assert cpu_base is not None
+    assert (int(cpu_base[1]), int(cpu_base[2])) == (3, 11), "the Python the project is tested on"
+    gpu_text = (DOCKER / "Dockerfile.gpu").read_text()
+    assert f"ARG TF_GPU_IMAGE=tensorflow/tensorflow:{version}-gpu\n" in gpu_text
+    assert f"'tensorflow=={version}'" in gpu_text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_build_context_admits_everything_the_image_copies(dockerfile: str) -> None:
+    admitted = {
+        line[1:].rstrip("/")
+        for line in (DOCKER / f"{dockerfile}.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    for stage in dockerfile_stages(DOCKER / dockerfile)[1:]:
+        for instruction in stage:
+            if instruction.keyword == "COPY" and "--from=" not in instruction.arguments:
+                *sources, _ = [a for a in instruction.arguments.split() if not a.startswith("--")]
+                assert set(sources) <= admitted, sources
+
+
+def entrypoint_argv(role_name: str, env: dict[str, str]) -> list[str]:
+    """The command the entrypoint would exec for a role, with these variables."""
+    completed = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), role_name],
+        env={"PATH": os.environ["PATH"], "IMGQ_ENTRYPOINT_DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return completed.stdout.splitlines()
+
+
+def _settings_cases() -> Iterator[tuple[dict[str, str], Settings]]:
+    yield {}, settings_from({"IMGQ_API_BIND": "0.0.0.0:8000"})  # the image's defaults
+    settings = config(rendered("gpu"))
+    yield settings, settings_from(settings)
+
+
+def test_entrypoint_runs_the_command_lines_of_the_local_run() -> None:
+    for env, settings in _settings_cases():
+        assert entrypoint_argv("api", env) == ["python3", *api_argv(settings)[1:]]
+        for role_name, argv in (
+            ("predict-worker", predict_worker_argv(settings)),
+            ("train-worker", train_worker_argv(settings)),
+        ):
+            assert entrypoint_argv(role_name, env) == ["python3", *argv[1:]]
+        # No webhooks_worker_argv in imgq.processes yet: the command line as specified.
+        assert entrypoint_argv("webhooks-worker", env) == [
+            "python3",
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--queues",
+            "webhooks",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "--prefetch-multiplier",
+            "1",
+            "--hostname",
+            "webhooks@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            settings.log_level,
+        ]
+    assert entrypoint_argv("flower", {}) == [
+        "python3",
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        "--port=5555",
+    ]
+    completed = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "echo", "anything else"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert completed.stdout == "anything else\n"
+
+
+# --- docker compose ------------------------------------------------------------------------------
+
+
+def compose_value(value: object) -> str:
+    """A compose value with ``${NAME:-default}`` replaced by its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def test_compose_runs_redis_with_aof_and_every_role_from_one_image() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    redis = services["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    (data,) = [v for v in redis["volumes"] if v.endswith(":/data")]
+    assert data.split(":")[0] in compose["volumes"]
+    roles = {"api", "predict-worker", "train-worker", "webhooks-worker", "flower"}
+    assert {name: services[name]["command"] for name in roles} == {name: [name] for name in roles}
+    for name in roles:
+        assert services[name]["image"] == "imgq:0.1.0"
+        assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["predict-worker-gpu"]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    grace = re.fullmatch(r"(\d+)m", services["train-worker"]["stop_grace_period"])
+    assert grace is not None
+    time_limit_s = int(compose_value(compose["x-imgq-env"]["IMGQ_TRAIN_TIME_LIMIT_S"]))
+    assert int(grace[1]) * 60 >= time_limit_s + 60, "a running fine-tune must finish on stop"
+
+
+def test_compose_settings_are_the_deployed_settings() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    env = {key: compose_value(value) for key, value in compose["x-imgq-env"].items()}
+    settings_from(env)
+    assert urlparse(env["IMGQ_REDIS_URL"]).hostname in compose["services"]
+    deployed = config(rendered("cpu"))
+    assert {k: v for k, v in env.items() if k in deployed} == {
+        k: v for k, v in deployed.items() if k in env
+    }
+    for setting, _, deployments in SHARED_STORES:
+        for name in deployments:
+            volumes = compose["services"][name.removeprefix("imgq-")]["volumes"]
+            assert any(v.endswith(":" + env[setting]) for v in volumes), (name, setting)
