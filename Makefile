@@ -4,8 +4,9 @@
 setup:
 	@scripts/setup.sh
 
+# make run FLOWER=1 also starts Flower on 127.0.0.1:5555.
 run: setup
-	.venv/bin/imgq-dev
+	$(if $(FLOWER),IMGQ_FLOWER_PORT=5555 ).venv/bin/imgq-dev
 
 lint: setup
 	.venv/bin/ruff check .

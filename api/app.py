@@ -11,6 +11,7 @@ import api.finetune  # noqa: F401  (registers POST /jobs/finetune on the jobs bl
 from api.errors import ImgqApi, register_error_handlers
 from api.health import blp as health_blp
 from api.jobs import blp as jobs_blp
+from api.metrics import blp as metrics_blp
 from api.models import blp as models_blp
 from api.services import Services
 from api.waiters import JobWaiters
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["imgq"] = Services(
         settings=settings,
         redis=client,
+        broker=redis.Redis.from_url(
+            settings.celery_broker_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        ),
         jobs=JobStore(client, settings.job_ttl_s),
         registry=registry,
         celery=celery,
@@ -62,5 +68,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     rest_api.register_blueprint(health_blp)
     rest_api.register_blueprint(jobs_blp)
     rest_api.register_blueprint(models_blp)
+    app.register_blueprint(metrics_blp)  # plain Flask: not part of the OpenAPI document
     register_error_handlers(app)
     return app

@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from api.metrics import REQUESTS_REJECTED
 from imgq.errors import ImgqError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
         body["details"] = details
     response = jsonify({"error": body})
     response.status_code = status
+    REQUESTS_REJECTED.labels(str(status), code).inc()
     return response
 
 

@@ -8,6 +8,7 @@ from flask import request, url_for
 
 from api.finetune_form import FinetuneFormSchema, read_finetune_request
 from api.jobs import blp
+from api.metrics import JOBS_SUBMITTED
 from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
@@ -39,5 +40,6 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]]:
     except Exception as exc:
         svc.jobs.delete(job_id)
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+    JOBS_SUBMITTED.labels("finetune").inc()
     location = url_for("jobs.get_job", job_id=job_id)
     return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}

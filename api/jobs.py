@@ -10,6 +10,7 @@ from typing import Any
 from flask import request, send_file, url_for
 from flask_smorest import Blueprint
 
+from api.metrics import JOBS_SUBMITTED
 from api.schemas import (
     ErrorEnvelopeSchema,
     JobCreatedSchema,
@@ -124,6 +125,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
     except Exception as exc:
         svc.jobs.delete(job_id)
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+    JOBS_SUBMITTED.labels("predict").inc()
     location = url_for("jobs.get_job", job_id=job_id)
     return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
 

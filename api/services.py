@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 from flask import current_app
+from redis import Redis
 
 from api.waiters import JobWaiters
 from imgq.jobs import JobStore
@@ -19,7 +19,8 @@ class Services:
     """Settings and clients shared by every request of one app."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
+    broker: Redis
     jobs: JobStore
     registry: ModelRegistry
     celery: Celery

@@ -49,7 +49,7 @@ case "$role" in
             mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
             find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete
         fi
-        run python3 -m gunicorn api.wsgi:app --bind "${IMGQ_API_BIND:-0.0.0.0:8000}" \
+        run python3 -m gunicorn api.wsgi:app --config python:api.gunicorn_conf --bind "${IMGQ_API_BIND:-0.0.0.0:8000}" \
             --worker-class gthread --workers "${IMGQ_API_WORKERS:-2}" \
             --threads "${IMGQ_API_THREADS:-16}" --graceful-timeout 20 "$@"
         ;;

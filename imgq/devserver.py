@@ -18,7 +18,13 @@ from types import FrameType
 import redis
 
 from imgq.logs import configure_logging
-from imgq.processes import api_argv, predict_worker_argv, redis_argv, train_worker_argv
+from imgq.processes import (
+    api_argv,
+    flower_argv,
+    predict_worker_argv,
+    redis_argv,
+    train_worker_argv,
+)
 from imgq.settings import Settings, load_settings
 
 STOP_GRACE_S = 30.0
@@ -56,6 +62,11 @@ def stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
+def train_metrics_port(settings: Settings) -> int:
+    """Each worker on one machine needs its own metrics port: the training worker takes the next."""
+    return settings.metrics_port + 1 if settings.metrics_port else 0
+
+
 def start_service(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
     """Start Redis, wait for it, then the API and both workers."""
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +74,10 @@ def start_service(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
     wait_for_redis(settings.redis_url, timeout_s=20)
     children["api"] = subprocess.Popen(api_argv(settings))
     children["predict-worker"] = subprocess.Popen(predict_worker_argv(settings))
-    children["train-worker"] = subprocess.Popen(train_worker_argv(settings))
+    train_env = {**os.environ, "IMGQ_METRICS_PORT": str(train_metrics_port(settings))}
+    children["train-worker"] = subprocess.Popen(train_worker_argv(settings), env=train_env)
+    if settings.flower_port:
+        children["flower"] = subprocess.Popen(flower_argv(settings))
     return children
 
 
@@ -81,9 +95,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     children = start_service(settings)
+    flower = f", Flower on http://127.0.0.1:{settings.flower_port}" if settings.flower_port else ""
     print(
         f"imgq is up: API on http://{settings.api_bind} (try GET /healthz, POST /jobs/predict), "
-        f"Redis at {settings.redis_url}, data under {settings.redis_dir.parent}/. "
+        f"Redis at {settings.redis_url}, worker metrics on :{settings.metrics_port} and "
+        f":{train_metrics_port(settings)}{flower}, data under {settings.redis_dir.parent}/. "
         "Ctrl-C stops everything.",
         flush=True,
     )

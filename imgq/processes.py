@@ -43,6 +43,8 @@ def api_argv(settings: Settings, bind: str | None = None) -> list[str]:
         "-m",
         "gunicorn",
         "api.wsgi:app",
+        "--config",
+        "python:api.gunicorn_conf",
         "--bind",
         bind or settings.api_bind,
         "--worker-class",
@@ -83,6 +85,20 @@ def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
         "--without-mingle",
         "--loglevel",
         settings.log_level,
+    ]
+
+
+def flower_argv(settings: Settings) -> list[str]:
+    """Flower, Celery's web monitor, for looking at queues and workers."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        f"--port={settings.flower_port}",
+        "--address=127.0.0.1",
     ]
 
 

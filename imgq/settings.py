@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     ready_file: Path = Path("/tmp/imgq-ready")  # noqa: S108 (a probe target, not a secret)
     """File a prediction worker creates once its model is warm (a readiness probe target)."""
 
+    flower_port: int = Field(default=0, ge=0, le=65535)
+    """Port of Flower in the local run (0: do not start it)."""
+
     api_bind: str = "127.0.0.1:8000"
     """Address gunicorn listens on in the local run."""
     api_workers: PositiveInt = 2

@@ -129,10 +129,15 @@ def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, Any
 
 
 def scrape(port: int) -> dict[str, float]:
+    """Every sample of a worker's Prometheus endpoint, keyed ``name{label="value",...}``."""
+    return scrape_url(f"http://127.0.0.1:{port}/metrics")
+
+
+def scrape_url(url: str) -> dict[str, float]:
     """Every sample of a Prometheus endpoint, keyed ``name{label="value",...}``."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = requests.get(url, timeout=5).text
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

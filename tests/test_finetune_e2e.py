@@ -23,7 +23,7 @@ from skimage import data
 
 from imgq.localrun import free_port, start_train_worker
 from imgq.settings import Settings
-from tests.conftest import Service, wait_for_job
+from tests.conftest import Service, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,9 @@ def make_dataset_zip(per_class: int = 14, seed: int = 0) -> bytes:
 @pytest.fixture(scope="module")
 def train_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real training worker process."""
-    service = start_train_worker(settings, service_dir, name=f"train-{free_port()}")
+    own_port = settings.model_copy(update={"metrics_port": free_port()})
+    service = start_train_worker(own_port, service_dir, name=f"train-{free_port()}")
+    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
     yield service
     service.stop()
 
@@ -159,6 +161,8 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     assert seen == {1, 2}
     pinned = _predict(api_server, _cat_image(), model="pets", version=2)
     assert pinned["result"]["version"] == 2
+    durations = scrape_url(f"{train_worker.url}/metrics")
+    assert durations["imgq_finetune_duration_seconds_count{}"] >= 2
 
 
 def _wait_for_version(base_url: str, version: int, attempts: int = 50) -> None:

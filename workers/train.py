@@ -18,13 +18,14 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
 
 from imgq.errors import ImgqError
 from imgq.jobs import JobStore
 from imgq.model_events import announce_activation
 from imgq.queueing import FINETUNE_TASK
 from workers.celery_app import app, settings
-from workers.metrics import FINETUNE_SECONDS, JOBS_FINISHED
+from workers.metrics import FINETUNE_SECONDS, JOBS_FINISHED, serve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ class RedisHooks:
             self._latest, self._last_write = progress, now
             return job_store.set_progress(self.job_id, progress)
         return job_store.cancel_requested(self.job_id)
+
+
+@worker_process_init.connect
+def _serve_child_metrics(**_: Any) -> None:
+    """Training runs in the prefork child, so the child serves the metrics it records."""
+    serve_metrics(settings.metrics_port)
 
 
 def _fail(job_id: str, code: str, message: str) -> None:

@@ -1,0 +1,82 @@
+"""``/metrics`` of the API: requests and jobs it saw, plus the depth of every queue.
+
+Under gunicorn the counters live in per-process files (see ``api.gunicorn_conf``) and are
+summed at scrape time. Queue depth is read from Redis at scrape time rather than kept in a
+gauge, so it is right whichever process answers: ``imgq_queue_depth`` is what waits in each
+list (what KEDA sees), ``imgq_queue_unacked`` what workers hold without having acknowledged
+(prefetched or running), which KEDA cannot see.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from api.services import services
+from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
+
+JOBS_SUBMITTED = Counter("imgq_jobs_submitted_total", "Jobs accepted (202).", ["type"])
+REQUESTS_REJECTED = Counter(
+    "imgq_requests_rejected_total",
+    "Error responses by status and error code.",
+    ["status", "code"],
+)
+
+blp = Blueprint("metrics", __name__)
+
+
+class QueueDepthCollector(Collector):
+    """Reads queue lengths from the broker when scraped."""
+
+    def __init__(self, broker: redis.Redis) -> None:
+        self._broker = broker
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per queue; nothing when the broker is unreachable."""
+        depth = GaugeMetricFamily(
+            "imgq_queue_depth", "Messages waiting in each queue.", labels=["queue"]
+        )
+        unacked = GaugeMetricFamily(
+            "imgq_queue_unacked", "Messages taken by workers and not yet acknowledged."
+        )
+        try:
+            pipe = self._broker.pipeline(transaction=False)
+            for queue in (PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE):
+                pipe.llen(queue)
+            pipe.hlen("unacked")
+            *lengths, held = pipe.execute()
+        except redis.RedisError:
+            return
+        for queue, length in zip(
+            (PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE), lengths, strict=True
+        ):
+            depth.add_metric([queue], length)
+        unacked.add_metric([], held)
+        yield depth
+        yield unacked
+
+
+@blp.route("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: counters summed over gunicorn's processes, then queue depths."""
+    counters = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        counters = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counters)
+    queues = CollectorRegistry()
+    queues.register(QueueDepthCollector(services().broker))
+    body = generate_latest(counters) + generate_latest(queues)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
