@@ -7,7 +7,9 @@ import time
 import redis
 from flask import Flask
 
-import api.finetune  # noqa: F401  (registers POST /jobs/finetune on the jobs blueprint)
+import api.finetune
+import api.predict  # noqa: F401  (registers POST /jobs/predict on the jobs blueprint)
+from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
 from api.health import blp as health_blp
 from api.jobs import blp as jobs_blp
@@ -16,6 +18,7 @@ from api.models import blp as models_blp
 from api.services import Services
 from api.waiters import JobWaiters
 from imgq.jobs import JobStore
+from imgq.keys import KeyRing
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
 from ml.registry import ModelRegistry
@@ -64,6 +67,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         waiters=JobWaiters(client),
     )
+    keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+    if not len(keys):
+        raise RuntimeError(
+            "No API keys configured: set IMGQ_API_KEYS_FILE or IMGQ_API_KEYS "
+            "(`make run` creates var/api-keys.json with an admin key on first start)."
+        )
+    install_auth(app, keys)
     rest_api = ImgqApi(app)
     rest_api.register_blueprint(health_blp)
     rest_api.register_blueprint(jobs_blp)

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import request, url_for
 
+from api.auth import current_client
 from api.finetune_form import FinetuneFormSchema, read_finetune_request
 from api.jobs import blp
 from api.metrics import JOBS_SUBMITTED
@@ -34,7 +35,7 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]]:
     request.max_content_length = svc.settings.max_dataset_bytes
     job_id = new_job_id()
     params = read_finetune_request(job_id)
-    svc.jobs.create_finetune_job(job_id, params)
+    svc.jobs.create_finetune_job(job_id, params, client=current_client().client)
     try:
         svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE)
     except Exception as exc:

@@ -7,6 +7,7 @@ from typing import Any
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from api.auth import require_admin
 from api.schemas import ErrorEnvelopeSchema
 from api.services import services
 from imgq.model_events import announce_activation
@@ -67,9 +68,11 @@ def get_model(name: str) -> dict[str, Any]:
 
 @blp.route("/<string:name>/versions/<int:version>/activate", methods=["POST"])
 @blp.response(200, ModelSchema)
+@blp.alt_response(403, schema=ErrorEnvelopeSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def activate_version(name: str, version: int) -> dict[str, Any]:
     """Make ``version`` the one unpinned predictions get; workers swap within moments."""
+    require_admin()
     svc = services()
     svc.registry.activate(name, version)
     announce_activation(svc.redis, name)

@@ -17,6 +17,7 @@ from types import FrameType
 
 import redis
 
+from imgq.keys import create_key_file
 from imgq.logs import configure_logging
 from imgq.processes import (
     api_argv,
@@ -94,6 +95,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    new_admin_key = create_key_file(settings.api_keys_file) if settings.api_keys_file else None
     children = start_service(settings)
     flower = f", Flower on http://127.0.0.1:{settings.flower_port}" if settings.flower_port else ""
     print(
@@ -103,6 +105,14 @@ def main() -> int:
         "Ctrl-C stops everything.",
         flush=True,
     )
+    if new_admin_key and settings.api_keys_file:
+        print(
+            f"Created an admin API key (saved in {settings.api_keys_file.with_suffix('.admin-key')}"
+            f"; only its hash is in {settings.api_keys_file}). Use it as:\n"
+            f"  curl -H 'Authorization: Bearer {new_admin_key}' -F image=@cat.jpg "
+            f"http://{settings.api_bind}/jobs/predict",
+            flush=True,
+        )
     exit_code = 0
     while not stopping:
         dead = [name for name, child in children.items() if child.poll() is not None]

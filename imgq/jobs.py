@@ -99,23 +99,31 @@ class JobStore:
         self._cancel = client.register_script(job_scripts.CANCEL)
         self._set_progress = client.register_script(job_scripts.SET_PROGRESS)
 
-    def _new_record(self, job_id: str, job_type: JobType) -> dict[FieldT, EncodableT]:
+    def _new_record(self, job_id: str, job_type: JobType, client: str) -> dict[FieldT, EncodableT]:
         return {
             "id": job_id,
             "type": job_type.value,
             "status": JobStatus.QUEUED.value,
             "created_at": repr(_now()),
+            "client": client,
         }
 
     def create_predict_job(
-        self, job_id: str, images: Sequence[bytes], model: str, version: int | None, top_k: int
+        self,
+        job_id: str,
+        images: Sequence[bytes],
+        model: str,
+        version: int | None,
+        top_k: int,
+        *,
+        client: str,
     ) -> None:
         """Store a queued predict job with its images in one transaction.
 
         ``version`` None leaves the choice to the worker, which pins the version it serves
         when it takes the job's first image, so all of a job's images use one version.
         """
-        record = self._new_record(job_id, JobType.PREDICT)
+        record = self._new_record(job_id, JobType.PREDICT, client)
         record.update({"model": model, "top_k": str(top_k), "image_count": str(len(images))})
         if version is not None:
             record["version"] = str(version)
@@ -126,9 +134,9 @@ class JobStore:
         pipe.expire(images_key(job_id), self._ttl_s)
         pipe.execute()
 
-    def create_finetune_job(self, job_id: str, params: dict[str, Any]) -> None:
+    def create_finetune_job(self, job_id: str, params: dict[str, Any], *, client: str) -> None:
         """Store a queued fine-tune job; ``params`` are its validated training parameters."""
-        record = self._new_record(job_id, JobType.FINETUNE)
+        record = self._new_record(job_id, JobType.FINETUNE, client)
         record["params"] = json.dumps(params)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(record_key(job_id), mapping=record)

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     model_check_interval_s: PositiveInt = 30
     """How often a prediction worker re-reads active versions, besides pub/sub announcements."""
 
+    api_keys_file: Path | None = _VAR / "api-keys.json"
+    """JSON list of ``{client, role, key_sha256, webhook_secret}`` (see ``imgq.keys``)."""
+    api_keys: str | None = None
+    """The same list inline, added to the file's keys."""
+
     upload_dir: Path = _VAR / "uploads"
     """Where uploaded datasets wait for a training worker (a shared volume in Kubernetes)."""
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024

@@ -8,8 +8,10 @@ process's own environment is never modified.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import redis
 import requests
 from PIL import Image
 
+from imgq.keys import Role, new_key
 from imgq.localrun import (
     REPO,
     Service,
@@ -53,11 +56,64 @@ def redis_service(service_dir: Path) -> Iterator[Service]:
     service.stop()
 
 
+class Http:
+    """``requests`` calls with an API key, thread-safe (no shared session).
+
+    ``http.get(url)`` uses the admin key of the test session; ``http.as_client("alice")``
+    returns the same helper for another configured client.
+    """
+
+    def __init__(self, key: str = "") -> None:
+        self.key = key
+
+    def as_client(self, client: str) -> Http:
+        """The helper for one of the session's clients."""
+        return Http(KEYS[client])
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Send with ``Authorization: Bearer <key>`` and a default timeout."""
+        headers = {"Authorization": f"Bearer {self.key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, url, headers=headers, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        """GET with the key."""
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        """POST with the key."""
+        return self.request("POST", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> requests.Response:
+        """DELETE with the key."""
+        return self.request("DELETE", url, **kwargs)
+
+
+KEYS: dict[str, str] = {}
+"""Plain API keys of the session, by client name (``admin``, ``alice``, ``bob``)."""
+http = Http()
+"""Requests as the session's admin; the ``settings`` fixture fills in the key."""
+
+
+def write_keys(path: Path) -> dict[str, str]:
+    """A keys file with an admin and two clients; returns their plain keys."""
+    plain, stored = {}, []
+    for client, role in (("admin", Role.ADMIN), ("alice", Role.CLIENT), ("bob", Role.CLIENT)):
+        plain[client], entry = new_key(client, role)
+        stored.append(asdict(entry))
+    path.write_text(json.dumps(stored))
+    return plain
+
+
 @pytest.fixture(scope="session")
 def settings(redis_service: Service, service_dir: Path) -> Settings:
     """Settings every service of the session shares."""
     WEIGHTS_CACHE.mkdir(parents=True, exist_ok=True)
+    KEYS.update(write_keys(service_dir / "api-keys.json"))
+    http.key = KEYS["admin"]
     return Settings(
+        api_keys_file=service_dir / "api-keys.json",
+        upload_dir=service_dir / "uploads",
         redis_url=redis_service.url,
         model_store=service_dir / "models",
         weights_dir=WEIGHTS_CACHE,
@@ -121,7 +177,7 @@ def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> dict[str, Any
 
     def ended() -> bool:
         nonlocal document
-        document = requests.get(f"{base}/jobs/{job_id}", params={"wait": 5}, timeout=10).json()
+        document = http.get(f"{base}/jobs/{job_id}", params={"wait": 5}, timeout=10).json()
         return document["status"] in ("succeeded", "failed", "canceled")
 
     wait_until(ended, timeout_s, f"job {job_id}")

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from imgq.settings import Settings
-from tests.conftest import jpeg_bytes
+from tests.conftest import KEYS, jpeg_bytes
 
 
 @pytest.fixture
@@ -25,6 +25,7 @@ def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
         settings.model_copy(update={"max_request_bytes": 2_000_000, "max_images_per_job": 3})
     )
     with app.test_client() as test_client:
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['admin']}"
         yield test_client
 
 

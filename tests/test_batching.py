@@ -6,11 +6,10 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
 from imgq.queueing import PREDICT_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, scrape, wait_for_job
+from tests.conftest import Service, http, scrape, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +21,7 @@ IMAGES = 'imgq_inference_batch_size_sum{model="imagenet"}'
 
 def _submit(base: str, images: list[bytes]) -> str:
     body = {"images": [base64.b64encode(image).decode() for image in images], "top_k": 1}
-    response = requests.post(f"{base}/jobs/predict", json=body, timeout=10)
+    response = http.post(f"{base}/jobs/predict", json=body, timeout=10)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 

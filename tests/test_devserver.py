@@ -45,6 +45,7 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
         api_workers=1,
         metrics_port=free_port(),
         ready_file=tmp_path / "ready",
+        api_keys_file=tmp_path / "api-keys.json",
     )
     env = {**os.environ, **settings_env(settings)}
     process = subprocess.Popen(
@@ -66,4 +67,7 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
         output, _ = process.communicate(timeout=90)
     assert process.returncode == 0, output[-3000:]
     assert f"http://127.0.0.1:{port}" in output
+    admin_key = (tmp_path / "api-keys.admin-key").read_text().strip()
+    assert f"Bearer {admin_key}" in output  # the first start created and printed an admin key
+    assert admin_key not in (tmp_path / "api-keys.json").read_text()  # only its hash is stored
     assert not [pid for pid in children if _alive(pid)]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
-from tests.conftest import Service, wait_for_job
+from tests.conftest import Service, http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +18,7 @@ ESPRESSO = 967
 def test_cat_photo_posted_as_multipart_is_labelled_a_cat(
     api_server: str, predict_worker: Service, cat_jpeg: bytes
 ) -> None:
-    response = requests.post(
+    response = http.post(
         f"{api_server}/jobs/predict",
         files={"image": ("cat.jpg", cat_jpeg, "image/jpeg")},
         timeout=10,
@@ -47,7 +46,7 @@ def test_several_images_as_base64_json_come_back_in_request_order(
     api_server: str, predict_worker: Service, cat_jpeg: bytes, coffee_jpeg: bytes
 ) -> None:
     images = [base64.b64encode(b).decode() for b in (coffee_jpeg, cat_jpeg, coffee_jpeg)]
-    response = requests.post(
+    response = http.post(
         f"{api_server}/jobs/predict", json={"images": images, "top_k": 2}, timeout=10
     )
     assert response.status_code == 202, response.text
@@ -61,13 +60,13 @@ def test_several_images_as_base64_json_come_back_in_request_order(
 
 
 def test_unknown_job_id_is_a_json_404(api_server: str) -> None:
-    response = requests.get(f"{api_server}/jobs/does-not-exist", timeout=5)
+    response = http.get(f"{api_server}/jobs/does-not-exist", timeout=5)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
 
 
 def test_bad_image_is_rejected_before_queueing(api_server: str) -> None:
-    response = requests.post(
+    response = http.post(
         f"{api_server}/jobs/predict",
         files={"image": ("x.jpg", b"not an image", "image/jpeg")},
         timeout=5,
@@ -77,7 +76,7 @@ def test_bad_image_is_rejected_before_queueing(api_server: str) -> None:
 
 
 def test_body_over_the_limit_is_a_json_413(api_server: str) -> None:
-    response = requests.post(
+    response = http.post(
         f"{api_server}/jobs/predict",
         files={"image": ("big.jpg", b"\xff" * (33 * 1024 * 1024))},
         timeout=30,
@@ -87,5 +86,5 @@ def test_body_over_the_limit_is_a_json_413(api_server: str) -> None:
 
 
 def test_readiness_reports_redis(api_server: str) -> None:
-    assert requests.get(f"{api_server}/readyz", timeout=5).json() == {"status": "ready"}
-    assert requests.get(f"{api_server}/healthz", timeout=5).json() == {"status": "ok"}
+    assert http.get(f"{api_server}/readyz", timeout=5).json() == {"status": "ready"}
+    assert http.get(f"{api_server}/healthz", timeout=5).json() == {"status": "ok"}

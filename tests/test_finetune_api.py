@@ -15,6 +15,7 @@ from PIL import Image
 from api.app import create_app
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
+from tests.conftest import KEYS
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
@@ -52,6 +53,7 @@ def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
         )
     )
     with app.test_client() as test_client:
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['admin']}"
         yield test_client
 
 

@@ -23,7 +23,7 @@ from skimage import data
 
 from imgq.localrun import free_port, start_train_worker
 from imgq.settings import Settings
-from tests.conftest import Service, scrape_url, wait_for_job
+from tests.conftest import Service, http, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def _finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response
         "unfreeze": "0.1",
         **{k: str(v) for k, v in fields.items()},
     }
-    return requests.post(
+    return http.post(
         f"{base_url}/jobs/finetune",
         data=form,
         files={"dataset": ("pets.zip", archive, "application/zip")},
@@ -85,7 +85,7 @@ def _finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response
 
 def _predict(base_url: str, image: bytes, **options: Any) -> dict[str, Any]:
     body = {"images": [base64.b64encode(image).decode()], "top_k": 1, **options}
-    response = requests.post(f"{base_url}/jobs/predict", json=body, timeout=10)
+    response = http.post(f"{base_url}/jobs/predict", json=body, timeout=10)
     assert response.status_code == 202, response.text
     return wait_for_job(base_url, response.json()["id"])
 
@@ -109,9 +109,9 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     assert len(report["confusion_matrix"]) == 3
     assert job["progress"]["total_epochs"] == 5
     for name in result["artifacts"]:
-        artifact = requests.get(f"{api_server}/jobs/{job['id']}/artifacts/{name}", timeout=10)
+        artifact = http.get(f"{api_server}/jobs/{job['id']}/artifacts/{name}", timeout=10)
         assert artifact.status_code == 200 and artifact.content
-    model = requests.get(f"{api_server}/models/pets", timeout=5).json()
+    model = http.get(f"{api_server}/models/pets", timeout=5).json()
     assert model["active_version"] == 1
     assert model["versions"][0]["training"]["dataset_fingerprint"]
 
@@ -147,10 +147,10 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
         job2 = wait_for_job(api_server, second.json()["id"], timeout_s=600)
         assert job2["status"] == "succeeded", job2
         assert job2["result"]["version"] == 2
-        activated = requests.post(f"{api_server}/models/pets/versions/2/activate", timeout=10)
+        activated = http.post(f"{api_server}/models/pets/versions/2/activate", timeout=10)
         assert activated.status_code == 200 and activated.json()["active_version"] == 2
         _wait_for_version(api_server, 2)
-        rollback = requests.post(f"{api_server}/models/pets/versions/1/activate", timeout=10)
+        rollback = http.post(f"{api_server}/models/pets/versions/1/activate", timeout=10)
         assert rollback.json()["active_version"] == 1
         _wait_for_version(api_server, 1)
     finally:
@@ -186,17 +186,17 @@ def test_running_finetune_is_canceled_between_batches_and_publishes_nothing(
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     for _ in range(600):
-        document = requests.get(f"{api_server}/jobs/{job_id}", timeout=5).json()
+        document = http.get(f"{api_server}/jobs/{job_id}", timeout=5).json()
         if document["progress"]:
             break
         threading.Event().wait(0.1)
     assert document["status"] == "running" and document["progress"]["phase"] == "head"
-    canceled = requests.delete(f"{api_server}/jobs/{job_id}", timeout=5)
+    canceled = http.delete(f"{api_server}/jobs/{job_id}", timeout=5)
     assert canceled.status_code == 202, canceled.text
     final = wait_for_job(api_server, job_id, timeout_s=120)
     assert final["status"] == "canceled"
-    assert requests.get(f"{api_server}/models/slow", timeout=5).status_code == 404
-    again = requests.delete(f"{api_server}/jobs/{job_id}", timeout=5)
+    assert http.get(f"{api_server}/models/slow", timeout=5).status_code == 404
+    again = http.delete(f"{api_server}/jobs/{job_id}", timeout=5)
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "job_not_cancelable"
 
@@ -225,8 +225,7 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
     (store / "broken" / "2" / "model.keras").write_bytes(b"this is not a keras file")
     failures = 'imgq_worker_model_load_failures_total{model="broken"}'
     assert (
-        requests.post(f"{api_server}/models/broken/versions/2/activate", timeout=10).status_code
-        == 200
+        http.post(f"{api_server}/models/broken/versions/2/activate", timeout=10).status_code == 200
     )
     for _ in range(100):
         if scrape(settings.metrics_port).get(failures, 0) >= 1:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
 from imgq.queueing import PREDICT_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, wait_for_job
+from tests.conftest import Service, http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -21,15 +20,15 @@ def test_queued_predict_job_is_canceled_and_never_runs(
     assert control.cancel_consumer(PREDICT_QUEUE, destination=[predict_worker.node], reply=True)
     try:
         body = {"images": [base64.b64encode(cat_jpeg).decode()]}
-        job_id = requests.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
-        canceled = requests.delete(f"{api_server}/jobs/{job_id}", timeout=5)
+        job_id = http.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
+        canceled = http.delete(f"{api_server}/jobs/{job_id}", timeout=5)
         assert canceled.status_code == 200
         assert canceled.json()["status"] == "canceled"
     finally:
         assert control.add_consumer(PREDICT_QUEUE, destination=[predict_worker.node], reply=True)
-    follow_up = requests.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
+    follow_up = http.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
     assert wait_for_job(api_server, follow_up)["status"] == "succeeded"
-    document = requests.get(f"{api_server}/jobs/{job_id}", timeout=5).json()
+    document = http.get(f"{api_server}/jobs/{job_id}", timeout=5).json()
     assert document["status"] == "canceled" and document["result"] is None
-    assert requests.delete(f"{api_server}/jobs/{follow_up}", timeout=5).status_code == 409
-    assert requests.delete(f"{api_server}/jobs/nope", timeout=5).status_code == 404
+    assert http.delete(f"{api_server}/jobs/{follow_up}", timeout=5).status_code == 409
+    assert http.delete(f"{api_server}/jobs/nope", timeout=5).status_code == 404

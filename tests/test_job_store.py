@@ -11,7 +11,7 @@ from imgq.settings import Settings
 def _store(settings: Settings, client: redis.Redis) -> tuple[JobStore, str]:
     store = JobStore(client, ttl_s=settings.job_ttl_s)
     job_id = new_job_id()
-    store.create_predict_job(job_id, [b"a", b"b"], "imagenet", 1, top_k=1)
+    store.create_predict_job(job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice")
     return store, job_id
 
 

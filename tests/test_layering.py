@@ -39,9 +39,11 @@ def test_api_never_imports_workers() -> None:
 
 
 def test_building_the_api_does_not_load_tensorflow() -> None:
+    keys = '[{"client": "a", "role": "admin", "key_sha256": "00", "webhook_secret": "s"}]'
     probe = (
-        "import sys; from api.app import create_app; from imgq.settings import Settings; "
-        "import tempfile; create_app(Settings(model_store=tempfile.mkdtemp())); "
+        "import sys, tempfile; from api.app import create_app; from imgq.settings import Settings; "
+        "create_app(Settings(model_store=tempfile.mkdtemp(), api_keys_file=None, "
+        f"api_keys={keys!r})); "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     output = subprocess.run(

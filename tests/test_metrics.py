@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
 from imgq.settings import Settings
-from tests.conftest import Service, scrape, scrape_url, wait_for_job
+from tests.conftest import Service, http, scrape, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -18,9 +17,9 @@ def test_api_and_worker_expose_the_job_queue_and_inference_series(
 ) -> None:
     body = {"images": [base64.b64encode(cat_jpeg).decode()] * 2}
     for _ in range(3):  # several requests, so several gunicorn threads or processes count
-        job_id = requests.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
+        job_id = http.post(f"{api_server}/jobs/predict", json=body, timeout=10).json()["id"]
         assert wait_for_job(api_server, job_id)["status"] == "succeeded"
-    requests.post(f"{api_server}/jobs/predict", json={"images": ["@@"]}, timeout=10)
+    http.post(f"{api_server}/jobs/predict", json={"images": ["@@"]}, timeout=10)
 
     api = scrape_url(f"{api_server}/metrics")
     assert api['imgq_jobs_submitted_total{type="predict"}'] >= 3

@@ -1,0 +1,67 @@
+"""Bearer-key authentication and the two roles, applied to every request in one place.
+
+Health, readiness and metrics stay open for probes and scrapers; everything else needs
+``Authorization: Bearer <key>``. A client sees only its own jobs: another client's job id is
+answered exactly like an unknown one (404), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from api.errors import error_response
+from imgq.errors import ImgqError, JobNotFound
+from imgq.keys import ApiKey, KeyRing, Role
+
+OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
+"""Endpoints that answer without a key."""
+
+
+class Forbidden(ImgqError):
+    """The key is valid but its role may not do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+def current_client() -> ApiKey:
+    """The authenticated key of this request."""
+    key: ApiKey = g.api_key
+    return key
+
+
+def require_admin() -> None:
+    """Stop the request unless it comes with an admin key."""
+    if current_client().role is not Role.ADMIN:
+        raise Forbidden("Only an admin key may do this.")
+
+
+def check_owner(job_id: str, owner: str | None) -> None:
+    """404 unless the job belongs to the caller (admins see every job)."""
+    caller = current_client()
+    if caller.role is not Role.ADMIN and owner != caller.client:
+        raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+
+
+def install_auth(app: Flask, keys: KeyRing) -> None:
+    """Authenticate every request before its view runs."""
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        if request.endpoint in OPEN_ENDPOINTS or request.endpoint is None:
+            return None  # unknown routes fall through to the 404 handler
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        key = keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            response = error_response(
+                401,
+                "unauthorized",
+                "Send a valid API key as `Authorization: Bearer <key>`."
+                if header
+                else "This endpoint needs `Authorization: Bearer <key>`.",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="imgq"'
+            return response
+        g.api_key = key
+        return None

@@ -1,0 +1,125 @@
+"""``POST /jobs/predict``: images in (multipart or base64 JSON), a queued job out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from flask import request, url_for
+
+from api.auth import current_client
+from api.jobs import blp
+from api.metrics import JOBS_SUBMITTED
+from api.schemas import (
+    ErrorEnvelopeSchema,
+    JobCreatedSchema,
+    PredictJsonSchema,
+    PredictMultipartSchema,
+    PredictOptionsSchema,
+)
+from api.services import services
+from imgq.errors import (
+    ImgqError,
+    InvalidRequest,
+    ServiceUnavailable,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+from imgq.jobs import JobStatus, new_job_id
+from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE
+from ml.preprocess import ImageLimits, check_image
+
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": PredictMultipartSchema},
+        "application/json": {"schema": PredictJsonSchema},
+    },
+}
+_ERRORS = (400, 404, 413, 415, 422, 503)
+
+
+def _decode_base64(text: str, index: int) -> bytes:
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"images[{index}] is not valid base64.", {"image": index}) from exc
+
+
+def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
+    """Return the images and options of a predict request in either accepted form."""
+    if request.mimetype == "multipart/form-data":
+        extra_parts = sorted(set(request.files) - {"image"})
+        if extra_parts:
+            raise InvalidRequest(f"Unexpected file parts {extra_parts}; send images as `image`.")
+        images = [part.read() for part in request.files.getlist("image")]
+        if not images:
+            raise InvalidRequest("No `image` file part in the form.")
+        return images, PredictOptionsSchema().load(request.form.to_dict())
+    if request.mimetype == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise InvalidRequest("The body is not a JSON object.")
+        options = PredictJsonSchema().load(body)
+        encoded = options.pop("images")
+        return [_decode_base64(text, i) for i, text in enumerate(encoded)], options
+    raise UnsupportedMediaType(
+        f"Send multipart/form-data or application/json, not {request.mimetype or 'nothing'}."
+    )
+
+
+def _check_images(images: list[bytes]) -> None:
+    settings = services().settings
+    if len(images) > settings.max_images_per_job:
+        raise TooManyImages(
+            f"{len(images)} images in one job; the limit is {settings.max_images_per_job}.",
+            {"count": len(images), "limit": settings.max_images_per_job},
+        )
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    for index, image in enumerate(images):
+        try:
+            check_image(image, limits)
+        except ImgqError as exc:
+            exc.details = {**(exc.details or {}), "image": index}
+            raise
+
+
+@blp.route("/predict", methods=["POST"])
+@blp.doc(requestBody=_PREDICT_BODY)
+@blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(400, schema=ErrorEnvelopeSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(413, schema=ErrorEnvelopeSchema)
+@blp.alt_response(415, schema=ErrorEnvelopeSchema)
+@blp.alt_response(503, schema=ErrorEnvelopeSchema)
+def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue a prediction job for one or more images."""
+    request.max_content_length = services().settings.max_request_bytes
+    images, options = _read_predict_request()
+    _check_images(images)
+    svc = services()
+    model = options.get("model", svc.settings.default_model)
+    svc.registry.get(model, options.get("version"))  # 404 now for unknown models or versions
+    job_id = new_job_id()
+    svc.jobs.create_predict_job(
+        job_id,
+        images,
+        model,
+        options.get("version"),  # None: the worker pins the version it serves
+        options.get("top_k", svc.settings.default_top_k),
+        client=current_client().client,
+    )
+    try:
+        with svc.celery.producer_or_acquire() as producer:
+            for index in range(len(images)):
+                svc.celery.send_task(
+                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
+                )
+    except Exception as exc:
+        svc.jobs.delete(job_id)
+        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+    JOBS_SUBMITTED.labels("predict").inc()
+    location = url_for("jobs.get_job", job_id=job_id)
+    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
