@@ -37,6 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from imgq.keys import create_key_file
 from imgq.localrun import REPO, free_port, start_api, start_predict_worker, start_redis
 from imgq.settings import Settings
 
@@ -113,6 +114,10 @@ def _server_latency(document: dict[str, str]) -> float:
     return (finished - created).total_seconds()
 
 
+API_KEY = ""
+"""The benchmark's own admin key, made at start-up."""
+
+
 def run_level(base: str, image: bytes, concurrency: int, warmup_s: float, seconds: float) -> Level:
     """Closed loop: each client submits one image, waits for the result, and repeats."""
     start = time.monotonic() + warmup_s
@@ -125,6 +130,7 @@ def run_level(base: str, image: bytes, concurrency: int, warmup_s: float, second
     def client() -> None:
         nonlocal completed
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {API_KEY}"
         while time.monotonic() < end:
             response = session.post(
                 f"{base}/jobs/predict",
@@ -275,8 +281,10 @@ def main() -> int:
     parser.add_argument("--raw-seconds", type=float, default=4.0)
     args = parser.parse_args()
 
+    global API_KEY  # noqa: PLW0603 (set once, before any client thread starts)
     image = sample_jpeg()
     workdir = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
+    API_KEY = create_key_file(workdir / "api-keys.json") or ""
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         model_store=workdir / "models",
@@ -285,6 +293,7 @@ def main() -> int:
         metrics_port=free_port(),
         ready_file=workdir / "ready",
         log_level="WARNING",
+        api_keys_file=workdir / "api-keys.json",
     )
     redis_service = start_redis(settings, workdir / "redis", workdir)
     try:
