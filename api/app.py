@@ -17,6 +17,7 @@ from api.metrics import blp as metrics_blp
 from api.models import blp as models_blp
 from api.services import Services
 from api.waiters import JobWaiters
+from imgq.idempotency import IdempotencyKeys
 from imgq.jobs import JobStore
 from imgq.keys import KeyRing
 from imgq.queueing import make_celery
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         registry=registry,
         celery=celery,
         waiters=JobWaiters(client),
+        idempotency=IdempotencyKeys(client, settings.job_ttl_s),
     )
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
     if not len(keys):

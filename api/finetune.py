@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from flask import request, url_for
+from flask import Response, request, url_for
 
 from api.auth import current_client
 from api.finetune_form import FinetuneFormSchema, read_finetune_request
+from api.idempotency import release_claim, replay_or_claim
 from api.jobs import blp
 from api.metrics import JOBS_SUBMITTED
-from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
+from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
+from imgq.idempotency import fingerprint
 from imgq.jobs import JobStatus, new_job_id
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
 
@@ -25,21 +29,38 @@ _FINETUNE_BODY = {
 @blp.route("/finetune", methods=["POST"])
 @blp.doc(requestBody=_FINETUNE_BODY)
 @blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job.")
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
 @blp.alt_response(400, schema=ErrorEnvelopeSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 @blp.alt_response(413, schema=ErrorEnvelopeSchema)
 @blp.alt_response(503, schema=ErrorEnvelopeSchema)
-def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]]:
+def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a fine-tune job: a new version of ``model`` trained on the uploaded dataset."""
     svc = services()
     request.max_content_length = svc.settings.max_dataset_bytes
     job_id = new_job_id()
     params = read_finetune_request(job_id)
-    svc.jobs.create_finetune_job(job_id, params, client=current_client().client)
+    archive = Path(params["archive"])
+    settings_part = json.dumps({k: v for k, v in params.items() if k != "archive"}, sort_keys=True)
+    try:
+        replay = replay_or_claim(fingerprint(settings_part, archive.read_bytes()), job_id)
+    except Exception:
+        archive.unlink(missing_ok=True)
+        raise
+    if replay is not None:
+        archive.unlink(missing_ok=True)
+        return replay
+    callback = params.pop("callback_url", None)
+    svc.jobs.create_finetune_job(
+        job_id, params, client=current_client().client, callback_url=callback
+    )
     try:
         svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE)
     except Exception as exc:
         svc.jobs.delete(job_id)
+        archive.unlink(missing_ok=True)
+        release_claim()
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
     JOBS_SUBMITTED.labels("finetune").inc()
     location = url_for("jobs.get_job", job_id=job_id)

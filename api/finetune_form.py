@@ -15,6 +15,7 @@ from flask import request
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from api.services import services
+from imgq.callback_urls import check_callback_url
 from imgq.errors import ImgqError, InvalidRequest
 from ml.archive import ArchiveLimits, list_archive
 from ml.backbone_specs import BACKBONE_SIZES
@@ -54,6 +55,10 @@ class FinetuneFormSchema(Schema):
     seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
     dropout = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=0.9))
     patience = fields.Integer(load_default=3, validate=validate.Range(min=1, max=100))
+    callback_url = fields.String(
+        validate=validate.Length(max=2048),
+        metadata={"description": "Called (signed POST of the job) when the job ends."},
+    )
 
     @validates_schema
     def _base_is_known(self, data: dict[str, Any], **_: Any) -> None:
@@ -100,6 +105,8 @@ def read_finetune_request(job_id: str) -> dict[str, Any]:
         name, _, number = base.partition(":")
         svc.registry.get(name, int(number))  # 404 for an unknown model:version
     params.setdefault("image_size", BACKBONE_SIZES.get(base, 224))
+    if "callback_url" in params:
+        check_callback_url(params["callback_url"], svc.settings.webhook_allow_private)
     path = _save_upload(job_id)
     try:
         settings = svc.settings

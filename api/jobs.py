@@ -11,10 +11,17 @@ from typing import Any
 from flask import send_file
 from flask_smorest import Blueprint
 
-from api.auth import check_owner
-from api.schemas import ErrorEnvelopeSchema, JobQuerySchema, JobSchema
+from api.auth import check_owner, current_client
+from api.schemas import (
+    ErrorEnvelopeSchema,
+    JobListQuerySchema,
+    JobListSchema,
+    JobQuerySchema,
+    JobSchema,
+)
 from api.services import services
 from imgq.errors import ImgqError, JobNotFound, NotFound
+from imgq.keys import Role
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction and training jobs")
 
@@ -26,6 +33,22 @@ def owned_fields(job_id: str) -> dict[str, str]:
         raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
     check_owner(job_id, fields.get("client"))
     return fields
+
+
+@blp.route("")
+@blp.arguments(JobListQuerySchema, location="query")
+@blp.response(200, JobListSchema)
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
+    """The caller's jobs (an admin's: everybody's), newest first, a page at a time."""
+    caller = current_client()
+    jobs, cursor = services().jobs.list_jobs(
+        None if caller.role is Role.ADMIN else caller.client,
+        status=query["status"].value if "status" in query else None,
+        job_type=query["type"].value if "type" in query else None,
+        limit=query["limit"],
+        cursor=query.get("cursor"),
+    )
+    return {"jobs": jobs, "next_cursor": cursor}
 
 
 @blp.route("/<string:job_id>")

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
-from flask import request, url_for
+from flask import Response, request, url_for
 
 from api.auth import current_client
+from api.idempotency import release_claim, replay_or_claim
 from api.jobs import blp
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import (
     ErrorEnvelopeSchema,
     JobCreatedSchema,
+    JobSchema,
     PredictJsonSchema,
     PredictMultipartSchema,
     PredictOptionsSchema,
 )
 from api.services import services
+from imgq.callback_urls import check_callback_url
 from imgq.errors import (
     ImgqError,
     InvalidRequest,
@@ -26,6 +30,7 @@ from imgq.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
+from imgq.idempotency import fingerprint
 from imgq.jobs import JobStatus, new_job_id
 from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE
 from ml.preprocess import ImageLimits, check_image
@@ -89,12 +94,14 @@ def _check_images(images: list[bytes]) -> None:
 @blp.route("/predict", methods=["POST"])
 @blp.doc(requestBody=_PREDICT_BODY)
 @blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job.")
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
 @blp.alt_response(400, schema=ErrorEnvelopeSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 @blp.alt_response(413, schema=ErrorEnvelopeSchema)
 @blp.alt_response(415, schema=ErrorEnvelopeSchema)
 @blp.alt_response(503, schema=ErrorEnvelopeSchema)
-def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
+def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a prediction job for one or more images."""
     request.max_content_length = services().settings.max_request_bytes
     images, options = _read_predict_request()
@@ -102,7 +109,13 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
     svc = services()
     model = options.get("model", svc.settings.default_model)
     svc.registry.get(model, options.get("version"))  # 404 now for unknown models or versions
+    callback = options.get("callback_url")
+    if callback is not None:
+        check_callback_url(callback, svc.settings.webhook_allow_private)
     job_id = new_job_id()
+    replay = replay_or_claim(fingerprint(json.dumps(options, sort_keys=True), *images), job_id)
+    if replay is not None:
+        return replay
     svc.jobs.create_predict_job(
         job_id,
         images,
@@ -110,6 +123,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
         options.get("version"),  # None: the worker pins the version it serves
         options.get("top_k", svc.settings.default_top_k),
         client=current_client().client,
+        callback_url=callback,
     )
     try:
         with svc.celery.producer_or_acquire() as producer:
@@ -119,6 +133,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]]:
                 )
     except Exception as exc:
         svc.jobs.delete(job_id)
+        release_claim()
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
     JOBS_SUBMITTED.labels("predict").inc()
     location = url_for("jobs.get_job", job_id=job_id)

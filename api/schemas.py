@@ -25,6 +25,10 @@ class PredictOptionsSchema(Schema):
         validate=validate.Range(min=1),
         metadata={"description": "Model version (default: the model's active version)."},
     )
+    callback_url = fields.String(
+        validate=validate.Length(max=2048),
+        metadata={"description": "Called (signed POST of the job) when the job ends."},
+    )
 
 
 class PredictJsonSchema(PredictOptionsSchema):
@@ -110,6 +114,25 @@ class JobQuerySchema(Schema):
         validate=validate.Range(min=0, max=60),
         metadata={"description": "Seconds to hold the request until the job ends (long poll)."},
     )
+
+
+class JobListQuerySchema(Schema):
+    """Query of ``GET /jobs``."""
+
+    status = fields.Enum(JobStatus, by_value=True)
+    type = fields.Enum(JobType, by_value=True)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(
+        validate=validate.Regexp(r"^[0-9]+(\.[0-9]+)?$"),
+        metadata={"description": "`next_cursor` of the previous page."},
+    )
+
+
+class JobListSchema(Schema):
+    """A page of jobs, newest first."""
+
+    jobs = fields.List(fields.Nested(JobSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class HealthSchema(Schema):

@@ -9,6 +9,7 @@ from flask import current_app
 from redis import Redis
 
 from api.waiters import JobWaiters
+from imgq.idempotency import IdempotencyKeys
 from imgq.jobs import JobStore
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
@@ -25,6 +26,7 @@ class Services:
     registry: ModelRegistry
     celery: Celery
     waiters: JobWaiters
+    idempotency: IdempotencyKeys
 
 
 def services() -> Services:

@@ -20,6 +20,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from imgq import job_scripts
+from imgq.job_index import ALL_JOBS, add_to_indexes, client_index, page_of_ids
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
@@ -108,6 +109,14 @@ class JobStore:
             "client": client,
         }
 
+    def _store_record(
+        self, pipe: redis.client.Pipeline, job_id: str, record: dict[FieldT, EncodableT]
+    ) -> None:
+        pipe.hset(record_key(job_id), mapping=record)
+        pipe.expire(record_key(job_id), self._ttl_s)
+        created_at = float(str(record["created_at"]))
+        add_to_indexes(pipe, job_id, str(record["client"]), created_at, self._ttl_s)
+
     def create_predict_job(
         self,
         job_id: str,
@@ -117,6 +126,7 @@ class JobStore:
         top_k: int,
         *,
         client: str,
+        callback_url: str | None = None,
     ) -> None:
         """Store a queued predict job with its images in one transaction.
 
@@ -127,25 +137,68 @@ class JobStore:
         record.update({"model": model, "top_k": str(top_k), "image_count": str(len(images))})
         if version is not None:
             record["version"] = str(version)
+        if callback_url is not None:
+            record["callback_url"] = callback_url
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(record_key(job_id), mapping=record)
-        pipe.expire(record_key(job_id), self._ttl_s)
+        self._store_record(pipe, job_id, record)
         pipe.hset(images_key(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(images_key(job_id), self._ttl_s)
         pipe.execute()
 
-    def create_finetune_job(self, job_id: str, params: dict[str, Any], *, client: str) -> None:
+    def create_finetune_job(
+        self, job_id: str, params: dict[str, Any], *, client: str, callback_url: str | None = None
+    ) -> None:
         """Store a queued fine-tune job; ``params`` are its validated training parameters."""
         record = self._new_record(job_id, JobType.FINETUNE, client)
+        if callback_url is not None:
+            record["callback_url"] = callback_url
         record["params"] = json.dumps(params)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(record_key(job_id), mapping=record)
-        pipe.expire(record_key(job_id), self._ttl_s)
+        self._store_record(pipe, job_id, record)
         pipe.execute()
 
     def delete(self, job_id: str) -> None:
         """Remove a job entirely (used when its tasks could not be enqueued)."""
-        self._redis.delete(record_key(job_id), images_key(job_id), predictions_key(job_id))
+        client = self._redis.hget(record_key(job_id), "client")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(record_key(job_id), images_key(job_id), predictions_key(job_id))
+        pipe.zrem(ALL_JOBS, job_id)
+        if client is not None:
+            pipe.zrem(client_index(_text(client)), job_id)
+        pipe.execute()
+
+    def list_jobs(
+        self,
+        client: str | None,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs, newest first: a client's own (or everybody's, for None)."""
+        key = ALL_JOBS if client is None else client_index(client)
+        documents: dict[str, dict[str, Any]] = {}
+
+        def keep(job_ids: list[str]) -> list[str]:
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(record_key(job_id))
+            kept = []
+            for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
+                if not raw:
+                    self._redis.zrem(key, job_id)  # the record expired
+                    continue
+                document = _document({_text(k): _text(v) for k, v in raw.items()})
+                if (status is None or document["status"] == status) and (
+                    job_type is None or document["type"] == job_type
+                ):
+                    documents[job_id] = document
+                    kept.append(job_id)
+            return kept
+
+        page = page_of_ids(self._redis, key, limit, cursor, keep)
+        return [documents[job_id] for job_id in page.job_ids], page.next_cursor
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Return the public job document, or None when there is no such job."""

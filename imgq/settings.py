@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     train_time_limit_s: PositiveInt = 6 * 3600
     """A fine-tune job running longer than this is stopped and fails with ``time_limit``."""
 
+    webhook_allow_private: bool = False
+    """Allow callback URLs on loopback and private networks (local runs and tests only)."""
+    webhook_retry_schedule_s: str = "0,30,120,600,1800,3600,5400,7200"
+    """Delays before each delivery attempt (comma-separated seconds; jittered by 20 %)."""
+    webhook_connect_timeout_s: float = Field(default=3.0, gt=0)
+    """Connect timeout of a delivery."""
+    webhook_read_timeout_s: float = Field(default=10.0, gt=0)
+    """Read timeout of a delivery."""
+
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     """Port of a worker's Prometheus endpoint (0: none)."""
     ready_file: Path = Path("/tmp/imgq-ready")  # noqa: S108 (a probe target, not a secret)
@@ -100,6 +109,11 @@ class Settings(BaseSettings):
     """Data directory of the Redis that the local run starts (AOF on)."""
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     """Root log level of every process."""
+
+    @property
+    def webhook_schedule(self) -> list[float]:
+        """``webhook_retry_schedule_s`` as numbers: one delay per attempt."""
+        return [float(part) for part in self.webhook_retry_schedule_s.split(",") if part.strip()]
 
     @property
     def celery_broker_url(self) -> str:

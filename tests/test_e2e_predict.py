@@ -56,7 +56,9 @@ def test_several_images_as_base64_json_come_back_in_request_order(
     assert [len(first), len(second), len(third)] == [2, 2, 2]
     assert first[0]["index"] == ESPRESSO and first[0]["label"] == "espresso"
     assert second[0]["index"] in CAT_CLASSES
-    assert third == first
+    # The same photo may run in another batch (another padded size): same labels, scores close.
+    assert [p["index"] for p in third] == [p["index"] for p in first]
+    assert [p["score"] for p in third] == pytest.approx([p["score"] for p in first], abs=1e-4)
 
 
 def test_unknown_job_id_is_a_json_404(api_server: str) -> None:
