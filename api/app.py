@@ -22,6 +22,7 @@ from imgq.jobs import JobStore
 from imgq.keys import KeyRing
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
+from imgq.webhooks import WebhookQueue
 from ml.registry import ModelRegistry
 
 SOCKET_TIMEOUT_S = 2.0
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         waiters=JobWaiters(client),
         idempotency=IdempotencyKeys(client, settings.job_ttl_s),
+        webhooks=WebhookQueue(client, settings.job_ttl_s),
     )
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
     if not len(keys):

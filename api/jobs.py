@@ -6,6 +6,7 @@ Submission lives beside, in ``api.predict`` and ``api.finetune``, on this same b
 from __future__ import annotations
 
 import mimetypes
+import time
 from typing import Any
 
 from flask import send_file
@@ -74,7 +75,42 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     finally:
         if event is not None:
             svc.waiters.unregister(job_id, event)
-    return document
+    return {**document, "webhook": _public_webhook(svc.webhooks.state(job_id))}
+
+
+def _public_webhook(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {k: v for k, v in state.items() if k not in ("client", "round_start")}
+
+
+@blp.route("/<string:job_id>/webhook/redeliver", methods=["POST"])
+@blp.response(202, description="The delivery is scheduled again.")
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
+def redeliver_webhook(job_id: str) -> dict[str, Any]:
+    """Send an ended job's webhook again (after a failed delivery, or to resync a receiver)."""
+    svc = services()
+    fields = owned_fields(job_id)
+    if not fields.get("callback_url"):
+        raise NotFound(f"Job {job_id!r} has no callback_url.", {"id": job_id})
+    if fields["status"] not in ("succeeded", "failed", "canceled"):
+        raise WebhookNotDue(
+            "The job has not ended; its webhook is sent when it does.", {"id": job_id}
+        )
+    state = svc.webhooks.state(job_id)
+    if state is not None:  # else the first delivery has not run yet: scheduling it is enough
+        state.update(state="pending", next_attempt_at=None, round_start=len(state["attempts"]))
+        svc.webhooks.save(job_id, state)
+    svc.webhooks.schedule(job_id, time.time())
+    return _public_webhook(state) or {"state": "pending"}
+
+
+class WebhookNotDue(ImgqError):
+    """Redelivery asked for a job whose webhook was never due (it has not ended)."""
+
+    code = "webhook_not_due"
+    status = 409
 
 
 class JobNotCancelable(ImgqError):

@@ -99,6 +99,10 @@ class JobSchema(Schema):
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
     result = fields.Raw(allow_none=True, metadata={"description": "See PredictResult."})
+    webhook = fields.Raw(
+        allow_none=True,
+        metadata={"description": "Delivery of the job's callback: url, state, attempts."},
+    )
     progress = fields.Raw(
         allow_none=True,
         metadata={"description": "Fine-tune progress: phase, epoch, total_epochs, losses, eta_s."},

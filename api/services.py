@@ -12,6 +12,7 @@ from api.waiters import JobWaiters
 from imgq.idempotency import IdempotencyKeys
 from imgq.jobs import JobStore
 from imgq.settings import Settings
+from imgq.webhooks import WebhookQueue
 from ml.registry import ModelRegistry
 
 
@@ -27,6 +28,7 @@ class Services:
     celery: Celery
     waiters: JobWaiters
     idempotency: IdempotencyKeys
+    webhooks: WebhookQueue
 
 
 def services() -> Services:

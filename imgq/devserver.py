@@ -25,6 +25,7 @@ from imgq.processes import (
     predict_worker_argv,
     redis_argv,
     train_worker_argv,
+    webhooks_worker_argv,
 )
 from imgq.settings import Settings, load_settings
 
@@ -77,6 +78,9 @@ def start_service(settings: Settings) -> dict[str, subprocess.Popen[bytes]]:
     children["predict-worker"] = subprocess.Popen(predict_worker_argv(settings))
     train_env = {**os.environ, "IMGQ_METRICS_PORT": str(train_metrics_port(settings))}
     children["train-worker"] = subprocess.Popen(train_worker_argv(settings), env=train_env)
+    webhooks_port = settings.metrics_port + 2 if settings.metrics_port else 0
+    webhooks_env = {**os.environ, "IMGQ_METRICS_PORT": str(webhooks_port)}
+    children["webhooks-worker"] = subprocess.Popen(webhooks_worker_argv(settings), env=webhooks_env)
     if settings.flower_port:
         children["flower"] = subprocess.Popen(flower_argv(settings))
     return children

@@ -7,11 +7,25 @@ terminal state publishes the job id on ``DONE_CHANNEL`` for long-polling clients
 
 from __future__ import annotations
 
-_ENDED = """
+WEBHOOKS_SCHEDULED = "imgq:webhooks:scheduled"
+"""Sorted set of job ids whose webhook is due, scored by due time."""
+
+_ENDED = (
+    """
 local function ended(status)
   return (not status) or status == 'succeeded' or status == 'failed' or status == 'canceled'
 end
+-- A job that ends with a callback URL gets its webhook scheduled in the same atomic step,
+-- so no crash between "job ended" and "send the webhook" can lose the delivery.
+local function schedule_webhook(record, now, job_id)
+  if redis.call('HEXISTS', record, 'callback_url') == 1 then
+    redis.call('ZADD', '"""
+    + WEBHOOKS_SCHEDULED
+    + """', 'NX', now, job_id)
+  end
+end
 """
+)
 
 STORE_PREDICTION = (
     _ENDED
@@ -36,6 +50,7 @@ redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[3], 'resu
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[6], ARGV[5])
+schedule_webhook(KEYS[1], ARGV[3], ARGV[5])
 return redis.call('HGET', KEYS[1], 'created_at')
 """
 )
@@ -51,6 +66,7 @@ if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[6], ARGV[5])
+schedule_webhook(KEYS[1], ARGV[4], ARGV[5])
 return 1
 """
 )
@@ -62,7 +78,9 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 return 1
 """
 
-CANCEL = """
+CANCEL = (
+    _ENDED
+    + """
 -- KEYS: record, predictions, images. ARGV: now, job id, channel.
 -- queued: canceled at once. running fine-tune: flagged; the worker stops between batches.
 -- Returns the outcome: canceled, cancel_requested, ended, not_cancelable, missing.
@@ -72,6 +90,7 @@ if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('PUBLISH', ARGV[3], ARGV[2])
+  schedule_webhook(KEYS[1], ARGV[1], ARGV[2])
   return 'canceled'
 end
 if status == 'running' and redis.call('HGET', KEYS[1], 'type') == 'finetune' then
@@ -81,6 +100,7 @@ end
 if status == 'running' then return 'not_cancelable' end
 return 'ended'
 """
+)
 
 SET_PROGRESS = """
 -- KEYS: record. ARGV: progress JSON. Returns 1 if a cancel was requested.

@@ -19,7 +19,13 @@ from pathlib import Path
 import redis
 
 from imgq.envvars import settings_env
-from imgq.processes import api_argv, predict_worker_argv, redis_argv, train_worker_argv
+from imgq.processes import (
+    api_argv,
+    predict_worker_argv,
+    redis_argv,
+    train_worker_argv,
+    webhooks_worker_argv,
+)
 from imgq.queueing import make_celery
 from imgq.settings import Settings
 
@@ -136,6 +142,13 @@ def start_predict_worker(
 ) -> Service:
     """A prediction worker; returns once it answers a ping, i.e. its model is loaded and warm."""
     return _start_worker(settings, log_dir, name, predict_worker_argv(settings, name), timeout_s)
+
+
+def start_webhooks_worker(
+    settings: Settings, log_dir: Path, name: str = "webhooks", timeout_s: float = 60
+) -> Service:
+    """A webhooks worker (deliveries and their retry scheduler); returns once it answers."""
+    return _start_worker(settings, log_dir, name, webhooks_worker_argv(settings, name), timeout_s)
 
 
 def start_train_worker(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE
+from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
 from imgq.settings import Settings
 
 
@@ -79,6 +79,32 @@ def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
         "1",
         "--prefetch-multiplier",
         str(2 * settings.max_batch_size),
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        settings.log_level,
+    ]
+
+
+def webhooks_worker_argv(settings: Settings, name: str = "webhooks") -> list[str]:
+    """A webhooks worker: threads (deliveries wait on the network), and the retry scheduler."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--queues",
+        WEBHOOKS_QUEUE,
+        "--pool",
+        "threads",
+        "--concurrency",
+        "8",
+        "--prefetch-multiplier",
+        "1",
         "--hostname",
         f"{name}@%h",
         "--without-gossip",

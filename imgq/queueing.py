@@ -23,6 +23,8 @@ WEBHOOKS_QUEUE = "webhooks"
 
 PREDICT_IMAGE_TASK = "imgq.predict_image"
 """One message per image: ``(job_id, index)``; the worker batches them."""
+DELIVER_WEBHOOK_TASK = "imgq.webhooks.deliver"
+"""One delivery attempt of a job's webhook: ``(job_id,)``."""
 FINETUNE_TASK = "imgq.train.finetune"
 """One message per fine-tune job: ``(job_id,)``."""
 

@@ -91,6 +91,8 @@ class Http:
 
 KEYS: dict[str, str] = {}
 """Plain API keys of the session, by client name (``admin``, ``alice``, ``bob``)."""
+SECRETS: dict[str, str] = {}
+"""Webhook secrets of the session, by client name."""
 http = Http()
 """Requests as the session's admin; the ``settings`` fixture fills in the key."""
 
@@ -100,6 +102,7 @@ def write_keys(path: Path) -> dict[str, str]:
     plain, stored = {}, []
     for client, role in (("admin", Role.ADMIN), ("alice", Role.CLIENT), ("bob", Role.CLIENT)):
         plain[client], entry = new_key(client, role)
+        SECRETS[client] = entry.webhook_secret
         stored.append(asdict(entry))
     path.write_text(json.dumps(stored))
     return plain
@@ -114,6 +117,8 @@ def settings(redis_service: Service, service_dir: Path) -> Settings:
     return Settings(
         api_keys_file=service_dir / "api-keys.json",
         upload_dir=service_dir / "uploads",
+        webhook_allow_private=True,  # the test receiver listens on 127.0.0.1
+        webhook_retry_schedule_s="0,0.3,0.3",
         redis_url=redis_service.url,
         model_store=service_dir / "models",
         weights_dir=WEIGHTS_CACHE,

@@ -60,7 +60,7 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 60, "the API")
         children = _children(process.pid)
-        assert len(children) == 4  # redis, gunicorn, prediction worker, training worker
+        assert len(children) == 5  # redis, gunicorn, prediction, training and webhooks workers
         assert (tmp_path / "redis" / "appendonlydir").is_dir()  # AOF persistence is on
     finally:
         process.send_signal(signal.SIGTERM)

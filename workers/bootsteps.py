@@ -9,12 +9,13 @@ skip it, so their prefork parent never imports TensorFlow.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import redis
 from celery import bootsteps
 
-from imgq.queueing import PREDICT_QUEUE
+from imgq.queueing import DELIVER_WEBHOOK_TASK, PREDICT_QUEUE, WEBHOOKS_QUEUE
 from workers.metrics import serve_metrics
 
 logger = logging.getLogger(__name__)
@@ -46,3 +47,42 @@ class PreloadModels(bootsteps.StartStopStep):
         ready_file = getattr(self, "_ready_file", None)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
+
+
+class WebhookScheduler(bootsteps.StartStopStep):
+    """In webhooks workers: a thread that turns due deliveries into delivery tasks.
+
+    Every webhooks worker runs one; claiming due deliveries is atomic in Redis, so several
+    never send the same one twice (see ``imgq.webhooks``).
+    """
+
+    requires = ("celery.worker.components:Pool",)
+    interval_s = 0.2
+
+    def start(self, worker: Any) -> None:
+        """Start the scheduler thread if this worker consumes the webhooks queue."""
+        if WEBHOOKS_QUEUE not in worker.app.amqp.queues.consume_from:
+            return
+        from workers.celery_app import settings
+
+        serve_metrics(settings.metrics_port)
+        self._stop = threading.Event()
+        threading.Thread(
+            target=self._run, args=(worker.app,), name="webhook-scheduler", daemon=True
+        ).start()
+
+    def stop(self, worker: Any) -> None:
+        """Stop scheduling; deliveries leased but unsent come back when their lease ends."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    def _run(self, app: Any) -> None:
+        from workers.webhooks import webhook_queue
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                for job_id in webhook_queue.claim_due():
+                    app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=WEBHOOKS_QUEUE)
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("webhook scheduler: %s", exc)

@@ -20,11 +20,12 @@ import os
 from imgq.logs import configure_logging
 from imgq.queueing import make_celery
 from imgq.settings import load_settings
-from workers.bootsteps import PreloadModels
+from workers.bootsteps import PreloadModels, WebhookScheduler
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not worth a line per worker.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 settings = load_settings()
 configure_logging(settings.log_level)
-app = make_celery(settings, include=["workers.predict", "workers.train"])
+app = make_celery(settings, include=["workers.predict", "workers.train", "workers.webhooks"])
 app.steps["worker"].add(PreloadModels)
+app.steps["worker"].add(WebhookScheduler)

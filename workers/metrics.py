@@ -50,6 +50,11 @@ FINETUNE_SECONDS = Histogram(
     "Wall time of successful fine-tune jobs.",
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "imgq_webhook_attempts_total",
+    "Webhook delivery attempts by outcome (delivered, retry, failed).",
+    ["outcome"],
+)
 ACTIVE_VERSION = Gauge(
     "imgq_worker_model_version",
     "Version of each model this worker has loaded and serves as active.",
