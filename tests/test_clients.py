@@ -141,3 +141,23 @@ def test_callback_urls_to_internal_addresses_are_refused(
     response = strict_client.post("/jobs/predict", json={"images": [SMALL], "callback_url": url})
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"]["code"] == "invalid_callback_url"
+
+
+def test_hostname_resolving_to_a_private_address_is_refused(
+    strict_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    def private_answer(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
+        assert host == "hooks.example.com"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+
+    # Narrow stand-in for DNS (none is reachable here): the name answers with a private address.
+    monkeypatch.setattr(socket, "getaddrinfo", private_answer)
+    response = strict_client.post(
+        "/jobs/predict", json={"images": [SMALL], "callback_url": "https://hooks.example.com/imgq"}
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_callback_url"
+    assert error["details"]["addresses"] == ["10.0.0.7"]
