@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "interval_step": 0.2,
         "interval_max": 0.5,
     }
-    registry = ModelRegistry(settings.model_store)
+    registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
     registry.ensure_builtin(settings.default_backbone, time.time())
     app.extensions["imgq"] = Services(
         settings=settings,

@@ -5,6 +5,7 @@ Submission lives beside, in ``api.predict`` and ``api.finetune``, on this same b
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import time
 from typing import Any
@@ -155,5 +156,10 @@ def get_artifact(job_id: str, name: str) -> Any:
     result = (document or {}).get("result") or {}
     if not document or document["type"] != "finetune" or name not in result.get("artifacts", []):
         raise NotFound(f"Job {job_id!r} has no artifact {name!r}.", {"id": job_id, "name": name})
-    folder = svc.registry.version_dir(result["model"], int(result["version"]))
-    return send_file(folder / name, mimetype=mimetypes.guess_type(name)[0], max_age=3600)
+    content = svc.registry.read_file(result["model"], int(result["version"]), name)
+    return send_file(
+        io.BytesIO(content),
+        mimetype=mimetypes.guess_type(name)[0],
+        download_name=name,
+        max_age=3600,
+    )

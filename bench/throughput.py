@@ -78,7 +78,7 @@ def measure_raw(
     version = registry.get(settings.default_model)
     classifier = load_classifier(
         version,
-        registry.version_dir(version.name, version.version),
+        registry.local_version_dir(version.name, version.version),
         settings.weights_dir,
         max(batch_sizes),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _VAR = Path("var")
@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: PositiveInt = 300
     """Seconds before Redis hands an unacknowledged message to another worker."""
 
-    model_store: Path = _VAR / "models"
-    """Directory of the model registry (a shared volume in Kubernetes)."""
+    model_store: str = str(_VAR / "models")
+    """Model registry: a path (a shared volume in Kubernetes) or an fsspec URL (``s3://…``)."""
+    model_cache_dir: Path = _VAR / "model-cache"
+    """Where versions from a remote model store are downloaded for loading."""
     weights_dir: Path = _VAR / "weights"
     """Local pretrained weights: converted checkpoints and Keras application weight files."""
     efficientnet_lite_checkpoint: Path | None = None
@@ -109,6 +111,11 @@ class Settings(BaseSettings):
     """Data directory of the Redis that the local run starts (AOF on)."""
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     """Root log level of every process."""
+
+    @field_validator("model_store", mode="before")
+    @classmethod
+    def _store_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
 
     @property
     def webhook_schedule(self) -> list[float]:

@@ -88,7 +88,7 @@ def resolve_backbone(request: FinetuneRequest, registry: ModelRegistry) -> tuple
             version.backbone
         )
     saved = keras.saving.load_model(
-        registry.version_dir(name, version.version) / "model.keras", compile=False
+        registry.local_version_dir(name, version.version) / "model.keras", compile=False
     )
     return saved.get_layer("backbone"), version.backbone
 
@@ -123,7 +123,7 @@ def _compare_with_active(
             f"classes differ from active version {active.version}; activate it explicitly to switch"
         )
     saved = keras.saving.load_model(
-        registry.version_dir(active.name, active.version) / "model.keras", compile=False
+        registry.local_version_dir(active.name, active.version) / "model.keras", compile=False
     )
     if saved.input_shape[1:3] != test[0].shape[1:3]:
         return False, f"active version {active.version} takes another image size"

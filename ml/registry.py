@@ -1,11 +1,17 @@
 """The model registry: named classifiers with numbered, immutable versions on a shared store.
 
-Layout, one directory per version so a version appears whole or not at all (it is written
-under a temporary name and renamed)::
+Layout, one directory per version::
 
     <store>/<model>/<version>/meta.json     # what it is: backbone, size, labels, metrics
-    <store>/<model>/<version>/model.keras   # trained versions only
+    <store>/<model>/<version>/model.keras   # trained versions only, with plots and the report
     <store>/<model>/active                  # the version served when a request names none
+
+The store is a local path by default and any ``fsspec`` URL otherwise (``s3://bucket/models``,
+``gs://…``), so several machines can share it. A version appears whole or not at all: on a
+local disk it is written aside and renamed into place (the rename also claims its number);
+on an object store its files are uploaded first and ``meta.json`` last, since a version only
+exists once its ``meta.json`` does. Versions never change, so processes that need files on disk
+(Keras loads ``model.keras`` from a path) download a version once into a local cache.
 
 No TensorFlow here: the API resolves model names with this module.
 """
@@ -14,12 +20,17 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from imgq.errors import ModelNotFound, VersionNotFound
 from ml.backbone_specs import lite_resolution
@@ -55,6 +66,7 @@ class ModelVersion:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "w", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as handle:
@@ -63,40 +75,66 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 class ModelRegistry:
-    """Reads and publishes model versions on a directory shared by every process."""
+    """Reads and publishes model versions on a store shared by every process.
 
-    def __init__(self, store: Path) -> None:
-        self.store = store
+    Args:
+        store: a local path or an ``fsspec`` URL.
+        cache_dir: where versions of a remote store are downloaded for local use.
+    """
 
-    def _model_dir(self, name: str) -> Path:
+    def __init__(self, store: str | Path, cache_dir: Path | None = None) -> None:
+        self.fs, root = fsspec.core.url_to_fs(str(store))
+        self.root = root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "imgq-model-cache"
+
+    def _path(self, *parts: str | int) -> str:
+        return posixpath.join(self.root, *(str(part) for part in parts))
+
+    def _model_path(self, name: str) -> str:
         if not MODEL_NAME.match(name):
             raise ModelNotFound(f"No model named {name!r}.", {"model": name})
-        return self.store / name
+        return self._path(name)
+
+    def _read(self, path: str) -> str | None:
+        try:
+            return bytes(self.fs.cat_file(path)).decode()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: str, text: str) -> None:
+        if self.is_local:
+            _write_atomically(Path(path), text)
+        else:
+            self.fs.pipe_file(path, text.encode())  # an object PUT is atomic
 
     def models(self) -> list[str]:
-        """Names of every model with at least one version."""
-        if not self.store.is_dir():
+        """Names of every model with an active version."""
+        if not self.fs.exists(self.root):
             return []
-        return sorted(p.name for p in self.store.iterdir() if (p / "active").is_file())
+        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
+        return sorted(
+            n for n in names if MODEL_NAME.match(n) and self.fs.exists(self._path(n, "active"))
+        )
 
     def versions(self, name: str) -> list[int]:
         """Published versions of a model, oldest first."""
-        folder = self._model_dir(name)
-        if not folder.is_dir():
+        folder = self._model_path(name)
+        if not self.fs.exists(folder):
             raise ModelNotFound(f"No model named {name!r}.", {"model": name})
+        numbers = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False)]
         return sorted(
-            int(p.name)
-            for p in folder.iterdir()
-            if p.name.isdigit() and (p / "meta.json").is_file()
+            int(n)
+            for n in numbers
+            if n.isdigit() and self.fs.exists(self._path(name, n, "meta.json"))
         )
 
     def active_version(self, name: str) -> int:
         """The version served when a request names none."""
-        pointer = self._model_dir(name) / "active"
-        try:
-            return int(pointer.read_text().strip())
-        except FileNotFoundError:
-            raise ModelNotFound(f"No model named {name!r}.", {"model": name}) from None
+        text = self._read(posixpath.join(self._model_path(name), "active"))
+        if text is None:
+            raise ModelNotFound(f"No model named {name!r}.", {"model": name})
+        return int(text.strip())
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         """Resolve ``name`` and ``version`` (default: active) to a published version.
@@ -106,33 +144,47 @@ class ModelRegistry:
             VersionNotFound: the model has no such version.
         """
         number = self.active_version(name) if version is None else version
-        meta = self.version_dir(name, number) / "meta.json"
-        try:
-            return ModelVersion(**json.loads(meta.read_text()))
-        except FileNotFoundError:
-            if not self._model_dir(name).is_dir():
-                raise ModelNotFound(f"No model named {name!r}.", {"model": name}) from None
+        text = self._read(self._path(name, number, "meta.json"))
+        if text is None:
+            if not self.fs.exists(self._model_path(name)):
+                raise ModelNotFound(f"No model named {name!r}.", {"model": name})
             raise VersionNotFound(
                 f"Model {name!r} has no version {number}.", {"model": name, "version": number}
-            ) from None
+            )
+        return ModelVersion(**json.loads(text))
 
-    def version_dir(self, name: str, version: int) -> Path:
-        """Directory of one version's files."""
-        return self._model_dir(name) / str(version)
+    def read_file(self, name: str, version: int, file_name: str) -> bytes:
+        """One file of a version (an artifact), wherever the store is."""
+        return bytes(self.fs.cat_file(self._path(name, version, file_name)))
+
+    def local_version_dir(self, name: str, version: int) -> Path:
+        """A local directory holding the version's files (downloaded once from a remote store)."""
+        self.get(name, version)
+        if self.is_local:
+            return Path(self._path(name, version))
+        target = self.cache_dir / name / str(version)
+        if not (target / "meta.json").is_file():
+            partial = Path(tempfile.mkdtemp(prefix=".download-", dir=_made(self.cache_dir)))
+            self.fs.get(self._path(name, version) + "/", str(partial), recursive=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                partial.rename(target)
+            except OSError:  # another process downloaded it first
+                shutil.rmtree(partial, ignore_errors=True)
+        return target
 
     def activate(self, name: str, version: int) -> None:
         """Point ``name``'s active version at ``version`` (which must exist)."""
         self.get(name, version)
-        _write_atomically(self._model_dir(name) / "active", f"{version}\n")
+        self._write(self._path(name, "active"), f"{version}\n")
 
     def ensure_builtin(self, backbone: str, created_at: float) -> ModelVersion:
         """Register the pretrained ImageNet classifier as ``imagenet`` v1 if it is not there.
 
         Idempotent, and safe when several processes start at once.
         """
-        folder = self.version_dir(BUILTIN_IMAGENET, 1)
-        if not (folder / "meta.json").is_file():
-            folder.mkdir(parents=True, exist_ok=True)
+        meta = self._path(BUILTIN_IMAGENET, 1, "meta.json")
+        if not self.fs.exists(meta):
             version = ModelVersion(
                 BUILTIN_IMAGENET,
                 1,
@@ -142,10 +194,33 @@ class ModelRegistry:
                 "imagenet1k",
                 created_at,
             )
-            _write_atomically(folder / "meta.json", json.dumps(version.to_dict(), indent=2))
-        if not (self.store / BUILTIN_IMAGENET / "active").is_file():
-            _write_atomically(self.store / BUILTIN_IMAGENET / "active", "1\n")
+            self._write(meta, json.dumps(version.to_dict(), indent=2))
+        if not self.fs.exists(self._path(BUILTIN_IMAGENET, "active")):
+            self._write(self._path(BUILTIN_IMAGENET, "active"), "1\n")
         return self.get(BUILTIN_IMAGENET, 1)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def staging_dir(registry: ModelRegistry, name: str) -> Path:
+    """A fresh local directory to write a version into before publishing it.
+
+    On a local store it sits beside the versions (same filesystem, so publishing is a rename).
+    """
+    if registry.is_local:
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=_made(Path(registry._path(name)))))
+    return Path(tempfile.mkdtemp(prefix="staging-", dir=_made(registry.cache_dir)))
+
+
+def _next_number(registry: ModelRegistry, name: str) -> int:
+    folder = registry._path(name)
+    if not registry.fs.exists(folder):
+        return 1
+    names = [posixpath.basename(p.rstrip("/")) for p in registry.fs.ls(folder, detail=False)]
+    return max((int(n) for n in names if n.isdigit()), default=0) + 1
 
 
 def publish_version(
@@ -154,32 +229,31 @@ def publish_version(
     staged: Path,
     build_meta: Callable[[int], ModelVersion],
 ) -> ModelVersion:
-    """Publish a fully written staging directory as the model's next version, atomically.
+    """Publish a fully written staging directory as the model's next version.
 
-    ``staged`` must be a directory on the same filesystem as the store (make it with
-    ``staging_dir``) holding ``model.keras`` and any artifacts. The version number is claimed
-    by renaming the directory into place, which succeeds for exactly one publisher, so two
-    trainers finishing at once get different numbers and readers never see half a version.
+    ``staged`` comes from ``staging_dir`` and holds ``model.keras`` and the artifacts. On a
+    local store the version number is claimed by renaming the directory into place, which
+    succeeds for exactly one publisher. On an object store the files are uploaded and
+    ``meta.json`` written last; two trainers finishing the same model at the same instant
+    could pick the same number there, which the store cannot arbitrate.
 
     Returns:
         The published version's metadata.
     """
-    folder = registry.store / name
-    folder.mkdir(parents=True, exist_ok=True)
     while True:
-        existing = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-        number = max(existing, default=0) + 1
+        number = _next_number(registry, name)
         version = build_meta(number)
-        _write_atomically(staged / "meta.json", json.dumps(version.to_dict(), indent=2))
+        meta = json.dumps(version.to_dict(), indent=2)
+        if not registry.is_local:
+            target = registry._path(name, number)
+            for path in sorted(staged.iterdir()):
+                registry.fs.put_file(str(path), posixpath.join(target, path.name))
+            registry.fs.pipe_file(posixpath.join(target, "meta.json"), meta.encode())
+            shutil.rmtree(staged, ignore_errors=True)
+            return version
+        _write_atomically(staged / "meta.json", meta)
         try:
-            staged.rename(folder / str(number))  # fails if another publisher took the number
+            staged.rename(Path(registry._path(name, number)))  # fails if the number is taken
         except OSError:
             continue
         return version
-
-
-def staging_dir(registry: ModelRegistry, name: str) -> Path:
-    """A fresh directory beside the model's versions, to write a version into before publishing."""
-    folder = registry.store / name
-    folder.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))

@@ -209,7 +209,7 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
 
     from tests.conftest import scrape
 
-    store = settings.model_store
+    store = Path(settings.model_store)
     if not (store / "pets" / "1").is_dir():
         pytest.skip("needs the pets model from the fine-tune test")  # ordering within module
     shutil.copytree(store / "pets" / "1", store / "broken" / "1")

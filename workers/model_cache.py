@@ -42,7 +42,7 @@ class ModelCache:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.registry = ModelRegistry(settings.model_store)
+        self.registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
         self._loaded: OrderedDict[tuple[str, int], Classifier] = OrderedDict()
         self._serving: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -82,7 +82,7 @@ class ModelCache:
         try:
             classifier = load_classifier(
                 meta,
-                self.registry.version_dir(model, version),
+                self.registry.local_version_dir(model, version),
                 self._settings.weights_dir,
                 self._settings.max_batch_size,
                 self._settings.efficientnet_lite_checkpoint,

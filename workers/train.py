@@ -131,7 +131,10 @@ def _run(job_id: str, params: dict[str, Any], archive: Path) -> dict[str, Any] |
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     try:
         return run_finetune(
-            request, ModelRegistry(settings.model_store), RedisHooks(job_id), settings.upload_dir
+            request,
+            ModelRegistry(settings.model_store, settings.model_cache_dir),
+            RedisHooks(job_id),
+            settings.upload_dir,
         )
     except TrainingCanceled:
         logger.info("fine-tune canceled", extra={"job_id": job_id})
