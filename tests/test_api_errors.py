@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from api.app import create_app
 from imgq.settings import Settings
@@ -36,11 +37,11 @@ def small_jpeg() -> bytes:
     return jpeg_bytes(np.full((16, 16, 3), 128, np.uint8))
 
 
-def _error(response: object) -> tuple[int, str]:
-    body = response.get_json()  # type: ignore[attr-defined]
+def _error(response: TestResponse) -> tuple[int, str]:
+    body = response.get_json()
     assert set(body) == {"error"}, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return response.status_code, body["error"]["code"]  # type: ignore[attr-defined]
+    return response.status_code, body["error"]["code"]
 
 
 def _b64(data: bytes) -> str:

@@ -94,12 +94,18 @@ def _cat_image() -> bytes:
     return next(_variants(data.chelsea(), 1, np.random.default_rng(99)))
 
 
-def test_finetune_publishes_activates_and_swaps_running_workers(
-    api_server: str, predict_worker: Service, train_worker: Service
-) -> None:
+@pytest.fixture(scope="module")
+def pets_v1(api_server: str, predict_worker: Service, train_worker: Service) -> dict[str, Any]:
+    """The first fine-tune of the module: model ``pets``, version 1; its finished job."""
     response = _finetune(api_server, make_dataset_zip(), model="pets")
     assert response.status_code == 202, response.text
-    job = wait_for_job(api_server, response.json()["id"], timeout_s=600)
+    return wait_for_job(api_server, response.json()["id"], timeout_s=600)
+
+
+def test_finetune_publishes_activates_and_swaps_running_workers(
+    api_server: str, train_worker: Service, pets_v1: dict[str, Any]
+) -> None:
+    job = pets_v1
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert result["model"] == "pets" and result["version"] == 1 and result["activated"]
@@ -202,16 +208,15 @@ def test_running_finetune_is_canceled_between_batches_and_publishes_nothing(
 
 
 def test_version_that_fails_to_load_leaves_the_old_one_serving(
-    api_server: str, predict_worker: Service, train_worker: Service, settings: Settings
+    api_server: str, predict_worker: Service, settings: Settings, pets_v1: dict[str, Any]
 ) -> None:
     import json
     import shutil
 
     from tests.conftest import scrape
 
+    assert pets_v1["status"] == "succeeded"
     store = Path(settings.model_store)
-    if not (store / "pets" / "1").is_dir():
-        pytest.skip("needs the pets model from the fine-tune test")  # ordering within module
     shutil.copytree(store / "pets" / "1", store / "broken" / "1")
     meta = json.loads((store / "broken" / "1" / "meta.json").read_text())
     (store / "broken" / "1" / "meta.json").write_text(json.dumps({**meta, "name": "broken"}))

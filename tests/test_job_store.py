@@ -35,7 +35,8 @@ def test_job_succeeds_only_when_its_last_image_is_stored(
     store, job_id = _store(settings, redis_client)
     store.mark_running([job_id])
     assert store.store_predictions([(job_id, 1, _top("second"))]) == []
-    assert store.get(job_id)["status"] == JobStatus.RUNNING  # type: ignore[index]
+    running = store.get(job_id)
+    assert running is not None and running["status"] == JobStatus.RUNNING
     assert len(store.store_predictions([(job_id, 0, _top("first"))])) == 1
     document = store.get(job_id)
     assert document is not None
