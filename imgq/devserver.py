@@ -47,21 +47,24 @@ def wait_for_redis(url: str, timeout_s: float) -> None:
             time.sleep(0.1)
 
 
-def stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every child (workers first, Redis last), then SIGKILL what outlives the grace."""
-    order = [name for name in children if name != "redis"] + ["redis"]
-    for name in order:
-        child = children.get(name)
-        if child and child.poll() is None:
+def _terminate(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then SIGKILL whatever is still running after the grace period."""
+    for child in children:
+        if child.poll() is None:
             child.terminate()
-            if name == "redis":
-                child.wait(timeout=STOP_GRACE_S)
     deadline = time.monotonic() + STOP_GRACE_S
-    for child in children.values():
+    for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
+
+
+def stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Stop the API and workers first (they finish in-flight work against Redis), Redis last."""
+    _terminate([child for name, child in children.items() if name != "redis"])
+    _terminate([child for name, child in children.items() if name == "redis"])
 
 
 def train_metrics_port(settings: Settings) -> int:
