@@ -29,6 +29,7 @@ from imgq.localrun import (
     start_api,
     start_predict_worker,
     start_redis,
+    start_train_worker,
     wait_until,
 )
 from imgq.settings import Settings
@@ -141,6 +142,16 @@ def redis_client(settings: Settings) -> redis.Redis:
 def predict_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real prediction worker process, returned once its model is loaded and it consumes."""
     service = start_predict_worker(settings, service_dir, name=f"predict-{free_port()}")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def train_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
+    """A real training worker process (prefork); ``.url`` is its metrics endpoint's base."""
+    own_port = settings.model_copy(update={"metrics_port": free_port()})
+    service = start_train_worker(own_port, service_dir, name=f"train-{free_port()}")
+    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
     yield service
     service.stop()
 

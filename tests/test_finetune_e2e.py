@@ -21,7 +21,6 @@ import requests
 from PIL import Image
 from skimage import data
 
-from imgq.localrun import free_port, start_train_worker
 from imgq.settings import Settings
 from tests.conftest import Service, http, scrape_url, wait_for_job
 
@@ -54,16 +53,6 @@ def make_dataset_zip(per_class: int = 14, seed: int = 0) -> bytes:
             for index, jpeg in enumerate(_variants(photo(), per_class, rng)):
                 archive.writestr(f"{name}/{index:03d}.jpg", jpeg)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def train_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
-    """A real training worker process."""
-    own_port = settings.model_copy(update={"metrics_port": free_port()})
-    service = start_train_worker(own_port, service_dir, name=f"train-{free_port()}")
-    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
-    yield service
-    service.stop()
 
 
 def _finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response:

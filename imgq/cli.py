@@ -1,0 +1,223 @@
+"""``imgq``: the command-line client. Tables for people, ``--json`` for scripts.
+
+The URL and key come from ``--url`` / ``--key`` or ``IMGQ_URL`` / ``IMGQ_KEY``. On any error the
+server's message is printed to stderr and the exit status is 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from imgq.client import ApiError, ImgqClient, zip_dataset
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def cmd_predict(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Submit images; with --wait, wait for and show the labels."""
+    job = client.predict(
+        [Path(p) for p in args.images], model=args.model, version=args.version, top_k=args.top_k
+    )
+    if not args.wait:
+        return job
+    document = list(client.follow(job["id"]))[-1]
+    if document["status"] != "succeeded":
+        raise ApiError(
+            0,
+            document["error"]["code"] if document["error"] else document["status"],
+            f"job {document['id']} {document['status']}: "
+            f"{(document['error'] or {}).get('message', '')}",
+        )
+    if args.json:
+        return document
+    result = document["result"]
+    rows = [
+        [path, rank + 1, p["label"], f"{p['score']:.4f}"]
+        for path, predictions in zip(args.images, result["predictions"], strict=True)
+        for rank, p in enumerate(predictions)
+    ]
+    print(f"model {result['model']} v{result['version']}")
+    _table(rows, ["image", "rank", "label", "score"])
+    return None
+
+
+def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Zip the folder, upload it with a progress bar, then follow training as a progress bar."""
+    archive = zip_dataset(Path(args.dataset))
+    fields = {
+        "model": args.model,
+        "base": args.base,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "batch_size": args.batch_size,
+        "augment": args.augment,
+        "seed": args.seed,
+    }
+    quiet = args.json
+    with tqdm(
+        total=len(archive), unit="B", unit_scale=True, desc="upload", disable=quiet, file=sys.stderr
+    ) as upload:
+        job = client.finetune(archive, fields, lambda done, total: upload.update(done - upload.n))
+    if not args.wait:
+        return job
+    with tqdm(total=1, unit="epoch", desc="queued", disable=quiet, file=sys.stderr) as bar:
+        for document in client.follow(job["id"]):
+            progress = document.get("progress") or {}
+            if progress:
+                bar.total = progress["total_epochs"]
+                bar.set_description(progress["phase"])
+                bar.update(progress["epoch"] - bar.n)
+                bar.set_postfix(
+                    {k: progress[k] for k in ("loss", "val_accuracy", "eta_s") if k in progress}
+                )
+    if document["status"] != "succeeded":
+        error = document.get("error") or {}
+        raise ApiError(
+            0,
+            error.get("code", document["status"]),
+            f"job {document['id']} {document['status']}: {error.get('message', '')}",
+        )
+    if quiet:
+        return document
+    result = document["result"]
+    print(
+        f"{result['model']} v{result['version']}: accuracy {result['metrics']['accuracy']:.3f}"
+        f", {'activated' if result['activated'] else 'candidate'} "
+        f"({result['activation_reason']})"
+    )
+    return None
+
+
+def cmd_jobs(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """List your jobs, newest first."""
+    page = client.jobs(status=args.status, type=args.type, limit=args.limit)
+    if args.json:
+        return page
+    _table(
+        [[j["id"], j["type"], j["status"], j["created_at"]] for j in page["jobs"]],
+        ["id", "type", "status", "created"],
+    )
+    return None
+
+
+def cmd_job(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Show one job (always as JSON: it is a nested document)."""
+    _print_json(client.job(args.id))
+    return None
+
+
+def cmd_models(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """List models and versions."""
+    models = client.models()
+    if args.json:
+        return models
+    rows = [
+        [
+            m["name"],
+            v["version"],
+            "*" if v["active"] else "",
+            v["backbone"],
+            v.get("metrics", {}).get("accuracy", ""),
+        ]
+        for m in models
+        for v in m["versions"]
+    ]
+    _table(rows, ["model", "version", "active", "backbone", "accuracy"])
+    return None
+
+
+def cmd_activate(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Make a version the active one."""
+    model = client.activate(args.name, args.version)
+    if args.json:
+        return model
+    print(f"{model['name']}: active version is now {model['active_version']}")
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="imgq", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("IMGQ_URL", DEFAULT_URL))
+    parser.add_argument("--key", default=os.environ.get("IMGQ_KEY"))
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="classify images")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--model")
+    predict.add_argument("--version", type=int)
+    predict.add_argument("--top-k", type=int)
+    predict.add_argument("--wait", action="store_true", help="wait and show the labels")
+    predict.set_defaults(run=cmd_predict)
+    finetune = commands.add_parser("finetune", help="train a new version from a folder")
+    finetune.add_argument("dataset", help="folder of class sub-folders of images")
+    finetune.add_argument("--model", required=True)
+    finetune.add_argument("--base", default="efficientnet_lite0")
+    for flag, kind in (
+        ("--image-size", int),
+        ("--epochs", int),
+        ("--fine-tune-epochs", int),
+        ("--batch-size", int),
+        ("--seed", int),
+    ):
+        finetune.add_argument(flag, type=kind)
+    finetune.add_argument("--augment", action="store_true", default=None)
+    finetune.add_argument("--no-wait", dest="wait", action="store_false")
+    finetune.set_defaults(run=cmd_finetune)
+    jobs = commands.add_parser("jobs", help="list your jobs")
+    jobs.add_argument("--status")
+    jobs.add_argument("--type")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(run=cmd_jobs)
+    job = commands.add_parser("job", help="show one job")
+    job.add_argument("id")
+    job.set_defaults(run=cmd_job)
+    commands.add_parser("models", help="list models").set_defaults(run=cmd_models)
+    activate = commands.add_parser("activate", help="activate a model version (admin)")
+    activate.add_argument("name")
+    activate.add_argument("version", type=int)
+    activate.set_defaults(run=cmd_activate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status is 0 on success, 1 on any error."""
+    args = build_parser().parse_args(argv)
+    if not args.key:
+        print("imgq: no API key: pass --key or set IMGQ_KEY", file=sys.stderr)
+        return 2
+    try:
+        output = args.run(ImgqClient(args.url, args.key), args)
+    except ApiError as exc:
+        print(f"imgq: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"imgq: {exc}", file=sys.stderr)
+        return 1
+    if output is not None:
+        _print_json(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

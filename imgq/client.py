@@ -1,0 +1,121 @@
+"""A small HTTP client of the imgq API, used by the ``imgq`` command line.
+
+It speaks only the public HTTP contract, so it works against any deployment; errors come back
+as ``ApiError`` carrying the server's own error code and message.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
+
+TERMINAL = ("succeeded", "failed", "canceled")
+"""Job states after which nothing changes."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+"""Files ``zip_dataset`` packs (what the server reads as images)."""
+
+
+class ApiError(Exception):
+    """The server answered with an error (or could not be reached)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
+        self.status, self.code, self.message = status, code, message
+
+
+class ImgqClient:
+    """Calls the imgq API with one base URL and one API key."""
+
+    def __init__(self, url: str, key: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {key}"
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            response = self.session.request(method, f"{self.url}{path}", **kwargs)
+        except requests.RequestException as exc:
+            raise ApiError(0, "unreachable", f"Cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http_error", response.text[:200]) from None
+        return response.json() if response.content else None
+
+    def predict(self, images: list[Path], **options: Any) -> dict[str, Any]:
+        """Submit one predict job for ``images``."""
+        parts = [("image", (path.name, path.read_bytes())) for path in images]
+        form = {k: str(v) for k, v in options.items() if v is not None}
+        return dict(self._call("POST", "/jobs/predict", files=parts, data=form))
+
+    def finetune(
+        self, archive: bytes, fields: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> dict[str, Any]:
+        """Upload a zipped dataset as a fine-tune job, reporting upload progress."""
+        form = {k: str(v) for k, v in fields.items() if v is not None}
+        encoder = MultipartEncoder({**form, "dataset": ("dataset.zip", archive, "application/zip")})
+        monitor = MultipartEncoderMonitor(encoder, lambda m: progress(m.bytes_read, encoder.len))
+        return dict(
+            self._call(
+                "POST",
+                "/jobs/finetune",
+                data=monitor,
+                headers={"Content-Type": monitor.content_type},
+                timeout=None,
+            )
+        )
+
+    def job(self, job_id: str, wait_s: float = 0) -> dict[str, Any]:
+        """A job's document, held up to ``wait_s`` until it ends."""
+        return dict(
+            self._call(
+                "GET", f"/jobs/{job_id}", params={"wait": wait_s}, timeout=self.timeout_s + wait_s
+            )
+        )
+
+    def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
+        """The job's document every ``poll_s`` (long-polled) until it ends, the last included."""
+        while True:
+            document = self.job(job_id, wait_s=poll_s)
+            yield document
+            if document["status"] in TERMINAL:
+                return
+
+    def jobs(self, **filters: Any) -> dict[str, Any]:
+        """A page of the caller's jobs."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return dict(self._call("GET", "/jobs", params=params))
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model and its versions."""
+        return list(self._call("GET", "/models"))
+
+    def activate(self, name: str, version: int) -> dict[str, Any]:
+        """Make ``version`` the active one (admin keys only)."""
+        return dict(self._call("POST", f"/models/{name}/versions/{version}/activate"))
+
+
+def zip_dataset(folder: Path) -> bytes:
+    """Zip a folder of class sub-folders (or ``train/``, ``validation/``, ``test/``) of images."""
+    if not folder.is_dir():
+        raise ApiError(0, "invalid_dataset", f"{folder} is not a folder.")
+    buffer = io.BytesIO()
+    count = 0
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # images are compressed
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                archive.write(path, path.relative_to(folder).as_posix())
+                count += 1
+    if not count:
+        raise ApiError(0, "invalid_dataset", f"No images under {folder}.")
+    return buffer.getvalue()

@@ -1,0 +1,88 @@
+"""The ``imgq`` command line against the real local stack (gunicorn, workers, Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KEYS, REPO, Service
+from tests.test_finetune_e2e import make_dataset_zip
+
+pytestmark = pytest.mark.e2e
+
+
+def imgq(base: str, *args: str, key: str = "admin") -> subprocess.CompletedProcess[str]:
+    """Run the client as a user would, with the URL and key in the environment."""
+    env = {**os.environ, "IMGQ_URL": base, "IMGQ_KEY": KEYS[key]}
+    return subprocess.run(
+        [sys.executable, "-m", "imgq.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_predict_waits_and_prints_labels_as_a_table_and_as_json(
+    api_server: str, predict_worker: Service, tmp_path: Path, cat_jpeg: bytes
+) -> None:
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(cat_jpeg)
+    table = imgq(api_server, "predict", str(image), "--wait", "--top-k", "2")
+    assert table.returncode == 0, table.stderr
+    assert "model imagenet v1" in table.stdout and "Egyptian Mau" in table.stdout
+    as_json = imgq(api_server, "--json", "predict", str(image), "--wait")
+    document = json.loads(as_json.stdout)
+    assert document["status"] == "succeeded" and len(document["result"]["predictions"][0]) == 5
+    listed = json.loads(imgq(api_server, "--json", "jobs", "--limit", "3").stdout)
+    assert document["id"] in [job["id"] for job in listed["jobs"]]
+    shown = json.loads(imgq(api_server, "job", document["id"]).stdout)
+    assert shown["id"] == document["id"]
+
+
+def test_errors_exit_non_zero_with_the_servers_message(api_server: str, tmp_path: Path) -> None:
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_bytes(b"hello")
+    failed = imgq(api_server, "predict", str(bad))
+    assert failed.returncode == 1
+    assert "invalid_image" in failed.stderr and "HTTP 400" in failed.stderr
+    refused = imgq(api_server, "activate", "imagenet", "1", key="alice")
+    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    missing = imgq(api_server, "job", "nope")
+    assert missing.returncode == 1 and "job_not_found" in missing.stderr
+
+
+def test_finetune_uploads_a_folder_and_follows_training(
+    api_server: str, predict_worker: Service, train_worker: Service, tmp_path: Path
+) -> None:
+    with zipfile.ZipFile(BytesIO(make_dataset_zip(per_class=10, seed=5))) as archive:
+        archive.extractall(tmp_path / "photos")  # a folder of class sub-folders, as users have
+    run = imgq(
+        api_server,
+        "finetune",
+        str(tmp_path / "photos"),
+        "--model",
+        "cli-pets",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--fine-tune-epochs",
+        "1",
+        "--batch-size",
+        "8",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "cli-pets v1: accuracy" in run.stdout and "activated" in run.stdout
+    assert "upload" in run.stderr and "fine_tune" in run.stderr  # the progress bars
+    models = imgq(api_server, "models")
+    assert "cli-pets" in models.stdout
