@@ -7,8 +7,7 @@ import time
 import redis
 from flask import Flask
 
-import api.finetune
-import api.predict  # noqa: F401  (registers POST /jobs/predict on the jobs blueprint)
+from api import exports, finetune, predict
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
 from api.health import blp as health_blp
@@ -24,6 +23,9 @@ from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
 from imgq.webhooks import WebhookQueue
 from ml.registry import ModelRegistry
+
+ROUTE_MODULES = (predict, finetune, exports)
+"""Modules that add routes to the jobs and models blueprints when imported."""
 
 SOCKET_TIMEOUT_S = 2.0
 """Redis calls from a request give up after this long, so an outage answers 503 quickly."""

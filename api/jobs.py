@@ -149,14 +149,20 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
 @blp.response(200, description="The file (PNG plot or JSON report).")
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def get_artifact(job_id: str, name: str) -> Any:
-    """Download a file a fine-tune job produced (evaluation report, plots)."""
+    """Download a file a job produced: fine-tune report and plots, or predict heatmaps."""
     svc = services()
     owned_fields(job_id)
     document = svc.jobs.get(job_id)
     result = (document or {}).get("result") or {}
-    if not document or document["type"] != "finetune" or name not in result.get("artifacts", []):
+    content = None
+    if document and name in result.get("artifacts", []):
+        content = (
+            svc.registry.read_file(result["model"], int(result["version"]), name)
+            if document["type"] == "finetune"
+            else svc.jobs.artifact(job_id, name)
+        )
+    if content is None:
         raise NotFound(f"Job {job_id!r} has no artifact {name!r}.", {"id": job_id, "name": name})
-    content = svc.registry.read_file(result["model"], int(result["version"]), name)
     return send_file(
         io.BytesIO(content),
         mimetype=mimetypes.guess_type(name)[0],

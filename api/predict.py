@@ -32,7 +32,7 @@ from imgq.errors import (
 )
 from imgq.idempotency import fingerprint
 from imgq.jobs import JobStatus, new_job_id
-from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE
+from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, PREDICT_QUEUE
 from ml.preprocess import ImageLimits, check_image
 
 _PREDICT_BODY = {
@@ -126,11 +126,17 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         callback_url=callback,
     )
     try:
-        with svc.celery.producer_or_acquire() as producer:
-            for index in range(len(images)):
-                svc.celery.send_task(
-                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
-                )
+        if options.get("explain"):  # explained jobs stay out of the batched fast path
+            svc.celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
+        else:
+            with svc.celery.producer_or_acquire() as producer:
+                for index in range(len(images)):
+                    svc.celery.send_task(
+                        PREDICT_IMAGE_TASK,
+                        args=[job_id, index],
+                        queue=PREDICT_QUEUE,
+                        producer=producer,
+                    )
     except Exception as exc:
         svc.jobs.delete(job_id)
         release_claim()

@@ -29,6 +29,10 @@ class PredictOptionsSchema(Schema):
         validate=validate.Length(max=2048),
         metadata={"description": "Called (signed POST of the job) when the job ends."},
     )
+    explain = fields.String(
+        validate=validate.OneOf(["gradcam"]),
+        metadata={"description": "`gradcam`: add a heatmap per image (slower, unbatched)."},
+    )
 
 
 class PredictJsonSchema(PredictOptionsSchema):

@@ -155,6 +155,29 @@ def cmd_activate(client: ImgqClient, args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_export(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Export a version, wait for the export job, and save the file."""
+    job = client.request_export(args.name, args.version, args.format)
+    document = list(client.follow(job["id"]))[-1]
+    if document["status"] != "succeeded":
+        error = document.get("error") or {}
+        raise ApiError(
+            0,
+            error.get("code", document["status"]),
+            f"export {document['id']} {document['status']}: {error.get('message', '')}",
+        )
+    Path(args.output).write_bytes(client.download_export(args.name, args.version, args.format))
+    report = document["result"]
+    if args.json:
+        return report
+    print(
+        f"{args.output}: {report['size_bytes']} bytes, agreement {report['agreement']:.3f}, "
+        f"accuracy {report['accuracy']:.3f} (Keras {report['keras_accuracy']:.3f})"
+        f"{'' if report['within_margin'] else ', OUTSIDE the accuracy margin'}"
+    )
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="imgq", description=__doc__.split("\n\n")[0])
@@ -197,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     activate.add_argument("name")
     activate.add_argument("version", type=int)
     activate.set_defaults(run=cmd_activate)
+    export = commands.add_parser("export", help="export a version (saved_model, tflite, ...)")
+    export.add_argument("name")
+    export.add_argument("version", type=int)
+    export.add_argument(
+        "format", choices=["saved_model", "tflite", "tflite_dynamic", "tflite_int8"]
+    )
+    export.add_argument("-o", "--output", required=True)
+    export.set_defaults(run=cmd_export)
     return parser
 
 

@@ -100,6 +100,21 @@ class ImgqClient:
         """Every model and its versions."""
         return list(self._call("GET", "/models"))
 
+    def request_export(self, name: str, version: int, fmt: str) -> dict[str, Any]:
+        """Queue an export job."""
+        return dict(
+            self._call("POST", f"/models/{name}/versions/{version}/exports", json={"format": fmt})
+        )
+
+    def download_export(self, name: str, version: int, fmt: str) -> bytes:
+        """The file of a finished export."""
+        response = self.session.get(
+            f"{self.url}/models/{name}/versions/{version}/exports/{fmt}", timeout=self.timeout_s
+        )
+        if response.status_code >= 400:
+            self._call("GET", f"/models/{name}/versions/{version}/exports/{fmt}")  # raises
+        return response.content
+
     def activate(self, name: str, version: int) -> dict[str, Any]:
         """Make ``version`` the active one (admin keys only)."""
         return dict(self._call("POST", f"/models/{name}/versions/{version}/activate"))

@@ -48,6 +48,7 @@ class JobType(StrEnum):
 
     PREDICT = "predict"
     FINETUNE = "finetune"
+    EXPORT = "export"
 
 
 def record_key(job_id: str) -> str:
@@ -143,6 +144,14 @@ class JobStore:
         self._store_record(pipe, job_id, record)
         pipe.hset(images_key(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(images_key(job_id), self._ttl_s)
+        pipe.execute()
+
+    def create_export_job(self, job_id: str, params: dict[str, Any], *, client: str) -> None:
+        """Store a queued export job (model, version, format)."""
+        record = self._new_record(job_id, JobType.EXPORT, client)
+        record["params"] = json.dumps(params)
+        pipe = self._redis.pipeline(transaction=True)
+        self._store_record(pipe, job_id, record)
         pipe.execute()
 
     def create_finetune_job(
@@ -295,6 +304,17 @@ class JobStore:
             keys=self._job_keys(job_id), args=[repr(_now()), job_id, DONE_CHANNEL]
         )
         return _text(outcome)
+
+    def store_artifact(self, job_id: str, name: str, content: bytes) -> None:
+        """Keep a file a job produced (a heatmap) for as long as the job."""
+        self._redis.set(f"{record_key(job_id)}:artifact:{name}", content, ex=self._ttl_s)
+
+    def artifact(self, job_id: str, name: str) -> bytes | None:
+        """A file stored with ``store_artifact``, or None."""
+        content = self._redis.get(f"{record_key(job_id)}:artifact:{name}")
+        if content is None:
+            return None
+        return content.encode() if isinstance(content, str) else bytes(content)
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked this running job to stop."""

@@ -23,8 +23,12 @@ WEBHOOKS_QUEUE = "webhooks"
 
 PREDICT_IMAGE_TASK = "imgq.predict_image"
 """One message per image: ``(job_id, index)``; the worker batches them."""
+EXPLAIN_TASK = "imgq.explain"
+"""A whole predict job with Grad-CAM explanations: ``(job_id,)``, outside the batches."""
 DELIVER_WEBHOOK_TASK = "imgq.webhooks.deliver"
 """One delivery attempt of a job's webhook: ``(job_id,)``."""
+EXPORT_TASK = "imgq.train.export"
+"""One message per export job: ``(job_id,)``; runs on training workers."""
 FINETUNE_TASK = "imgq.train.finetune"
 """One message per fine-tune job: ``(job_id,)``."""
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     webhook_read_timeout_s: float = Field(default=10.0, gt=0)
     """Read timeout of a delivery."""
 
+    export_accuracy_margin: float = Field(default=0.02, ge=0, le=1)
+    """Accuracy a quantized export may lose on the test split and still pass (0.02 = 2 points)."""
+
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     """Port of a worker's Prometheus endpoint (0: none)."""
     ready_file: Path = Path("/tmp/imgq-ready")  # noqa: S108 (a probe target, not a secret)

@@ -27,6 +27,7 @@ from ml.archive import ArchiveLimits, extract_archive
 from ml.backbones import BACKBONES, WeightSources, load_backbone
 from ml.datasets import DatasetLayout, dataset_fingerprint, layout_from_paths, load_split
 from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
+from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
 from ml.preprocess import ImageLimits
 from ml.registry import (
     ARTIFACTS,
@@ -139,6 +140,25 @@ def _compare_with_active(
     )
 
 
+CALIBRATION_IMAGES = 100
+"""Training images kept with a version to calibrate its full-integer export."""
+
+
+def _keep_samples(
+    staged: Path,
+    train_images: NDArray[np.uint8],
+    test: tuple[NDArray[np.uint8], NDArray[np.int32]],
+    seed: int,
+) -> None:
+    """Keep the test split and a training sample with the version, for checking its exports."""
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(
+        len(train_images), min(CALIBRATION_IMAGES, len(train_images)), replace=False
+    )
+    np.savez_compressed(staged / CALIBRATION_FILE, images=train_images[np.sort(sample)])
+    np.savez_compressed(staged / TEST_SPLIT_FILE, images=test[0], labels=test[1])
+
+
 def run_finetune(
     request: FinetuneRequest, registry: ModelRegistry, hooks: TrainingHooks, scratch: Path
 ) -> dict[str, Any]:
@@ -170,6 +190,7 @@ def run_finetune(
         )
         staged = staging_dir(registry, request.model)
         outcome.model.save(staged / "model.keras")
+        _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
         (staged / "evaluation.json").write_text(json.dumps(report, indent=2))
         plot_training_curves(
             outcome.history, staged / "training_curves.png", outcome.phase_boundary

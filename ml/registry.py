@@ -157,6 +157,30 @@ class ModelRegistry:
         """One file of a version (an artifact), wherever the store is."""
         return bytes(self.fs.cat_file(self._path(name, version, file_name)))
 
+    def save_export(self, name: str, version: int, export: Path, report: dict[str, Any]) -> None:
+        """Store an export file and its report beside the version (the report last)."""
+        folder = self._path(name, version, "exports")
+        if self.is_local:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(export, Path(folder) / f".{export.name}.partial")
+            os.replace(Path(folder) / f".{export.name}.partial", Path(folder) / export.name)
+        else:
+            self.fs.put_file(str(export), posixpath.join(folder, export.name))
+        self._write(posixpath.join(folder, f"{report['format']}.json"), json.dumps(report))
+
+    def exports(self, name: str, version: int) -> list[dict[str, Any]]:
+        """Reports of the exports made of a version so far."""
+        self.get(name, version)
+        folder = self._path(name, version, "exports")
+        if not self.fs.exists(folder):
+            return []
+        reports = [
+            self._read(path)
+            for path in sorted(self.fs.ls(folder, detail=False))
+            if path.endswith(".json")
+        ]
+        return [json.loads(text) for text in reports if text]
+
     def local_version_dir(self, name: str, version: int) -> Path:
         """A local directory holding the version's files (downloaded once from a remote store)."""
         self.get(name, version)

@@ -90,3 +90,21 @@ def test_body_over_the_limit_is_a_json_413(api_server: str) -> None:
 def test_readiness_reports_redis(api_server: str) -> None:
     assert http.get(f"{api_server}/readyz", timeout=5).json() == {"status": "ready"}
     assert http.get(f"{api_server}/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_explained_prediction_returns_a_gradcam_overlay_for_the_top_class(
+    api_server: str, predict_worker: Service, cat_jpeg: bytes
+) -> None:
+    body = {"images": [base64.b64encode(cat_jpeg).decode()], "explain": "gradcam", "top_k": 3}
+    response = http.post(f"{api_server}/jobs/predict", json=body)
+    assert response.status_code == 202, response.text
+    job = wait_for_job(api_server, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    (explanation,) = job["result"]["explanations"]
+    top = job["result"]["predictions"][0][0]
+    assert explanation["index"] == top["index"] in CAT_CLASSES
+    png = http.get(f"{api_server}/jobs/{job['id']}/artifacts/{explanation['artifact']}")
+    assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG")
+    missing = http.get(f"{api_server}/jobs/{job['id']}/artifacts/other.png")
+    assert missing.status_code == 404

@@ -26,6 +26,8 @@ from workers.bootsteps import PreloadModels, WebhookScheduler
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 settings = load_settings()
 configure_logging(settings.log_level)
-app = make_celery(settings, include=["workers.predict", "workers.train", "workers.webhooks"])
+app = make_celery(
+    settings, include=["workers.predict", "workers.explain", "workers.train", "workers.webhooks"]
+)
 app.steps["worker"].add(PreloadModels)
 app.steps["worker"].add(WebhookScheduler)

@@ -23,7 +23,7 @@ from celery.signals import worker_process_init
 from imgq.errors import ImgqError
 from imgq.jobs import JobStore
 from imgq.model_events import announce_activation
-from imgq.queueing import FINETUNE_TASK
+from imgq.queueing import EXPORT_TASK, FINETUNE_TASK
 from workers.celery_app import app, settings
 from workers.metrics import FINETUNE_SECONDS, JOBS_FINISHED, serve_metrics
 
@@ -139,3 +139,57 @@ def _run(job_id: str, params: dict[str, Any], archive: Path) -> dict[str, Any] |
     except TrainingCanceled:
         logger.info("fine-tune canceled", extra={"job_id": job_id})
         return None
+
+
+@app.task(name=EXPORT_TASK, acks_late=False, soft_time_limit=settings.train_time_limit_s)
+def export(job_id: str) -> None:
+    """Produce one export of a model version and check it (see ``ml.export``)."""
+    fields = job_store.fields(job_id)
+    if not fields or not job_store.mark_running([job_id])[0]:
+        return
+    params = json.loads(fields["params"])
+    try:
+        report = _export(params["model"], int(params["version"]), params["format"])
+    except ImgqError as exc:
+        job_store.fail(job_id, exc.to_dict())
+    except Exception:
+        logger.exception("export crashed", extra={"job_id": job_id})
+        _fail(job_id, "export_failed", "The export failed unexpectedly; see the worker logs.")
+    else:
+        job_store.succeed(
+            job_id, {"model": params["model"], "version": int(params["version"]), **report}
+        )
+
+
+def _export(model: str, version: int, fmt: str) -> dict[str, Any]:
+    import tempfile
+
+    import keras
+
+    from ml.export import export_version
+    from ml.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
+    meta = registry.get(model, version)
+    if meta.kind != "trained":
+        raise ExportNotSupported(f"{model} v{version} is built in; only trained versions export.")
+    folder = registry.local_version_dir(model, version)
+    keras_model = keras.saving.load_model(folder / "model.keras", compile=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = export_version(
+            keras_model,
+            list(meta.labels),
+            fmt,
+            folder,
+            Path(scratch),
+            margin=settings.export_accuracy_margin,
+        ).to_dict()
+        registry.save_export(model, version, Path(scratch) / report["file_name"], report)
+    return report
+
+
+class ExportNotSupported(ImgqError):
+    """Built-in versions have no trained files or test split to export and check."""
+
+    code = "export_not_supported"
+    status = 400
