@@ -18,7 +18,7 @@ from werkzeug import Request, Response
 
 from imgq.localrun import free_port, start_webhooks_worker
 from imgq.settings import Settings
-from tests.conftest import REPO, SECRETS, Service, http, wait_for_job
+from tests.conftest import REPO, SECRETS, Service, http, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,7 @@ def webhooks_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real webhooks worker (deliveries plus the retry scheduler)."""
     own_port = settings.model_copy(update={"metrics_port": free_port()})
     service = start_webhooks_worker(own_port, service_dir, name=f"webhooks-{free_port()}")
+    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
     yield service
     service.stop()
 
@@ -98,6 +99,9 @@ def test_receiver_failing_twice_gets_three_signed_attempts_and_a_delivery(
         event_ids.add(headers["Imgq-Event-Id"])
     assert event_ids == {f"{job_id}.succeeded"}  # one event, so receivers can deduplicate
     assert b'"status": "succeeded"' in receiver.requests[-1][1]
+    attempts = scrape_url(f"{webhooks_worker.url}/metrics")
+    assert attempts['imgq_webhook_attempts_total{outcome="retry"}'] >= 2
+    assert attempts['imgq_webhook_attempts_total{outcome="delivered"}'] >= 1
 
 
 def test_receiver_that_never_answers_2xx_ends_failed_and_can_be_redelivered(
