@@ -5,16 +5,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from flask import Response, send_file, url_for
+from flask import Response, send_file
 from marshmallow import Schema, fields, validate
 
 from api.auth import current_client
-from api.metrics import JOBS_SUBMITTED
 from api.models import blp
 from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
 from api.services import services
-from imgq.errors import NotFound, ServiceUnavailable
-from imgq.jobs import JobStatus, new_job_id
+from api.submission import enqueue_or_undo
+from imgq.errors import NotFound
+from imgq.jobs import new_job_id
 from imgq.queueing import EXPORT_TASK, TRAIN_QUEUE
 from ml.export_formats import FORMATS, file_name
 
@@ -58,14 +58,11 @@ def request_export(body: dict[str, Any], name: str, version: int) -> tuple[Any, 
     job_id = new_job_id()
     params = {"model": name, "version": version, "format": body["format"]}
     svc.jobs.create_export_job(job_id, params, client=current_client().client)
-    try:
-        svc.celery.send_task(EXPORT_TASK, args=[job_id], queue=TRAIN_QUEUE)
-    except Exception as exc:
-        svc.jobs.delete(job_id)
-        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-    JOBS_SUBMITTED.labels("export").inc()
-    location = url_for("jobs.get_job", job_id=job_id)
-    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+    return enqueue_or_undo(
+        job_id,
+        "export",
+        lambda: svc.celery.send_task(EXPORT_TASK, args=[job_id], queue=TRAIN_QUEUE),
+    )
 
 
 @blp.route("/<string:name>/versions/<int:version>/exports")

@@ -6,18 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flask import Response, request, url_for
+from flask import Response, request
 
 from api.auth import current_client
 from api.finetune_form import FinetuneFormSchema, read_finetune_request
-from api.idempotency import release_claim, replay_or_claim
+from api.idempotency import replay_or_claim
 from api.jobs import blp
-from api.metrics import JOBS_SUBMITTED
 from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
-from imgq.errors import ServiceUnavailable
+from api.submission import enqueue_or_undo
 from imgq.idempotency import fingerprint
-from imgq.jobs import JobStatus, new_job_id
+from imgq.jobs import new_job_id
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
 
 _FINETUNE_BODY = {
@@ -55,13 +54,9 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     svc.jobs.create_finetune_job(
         job_id, params, client=current_client().client, callback_url=callback
     )
-    try:
-        svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE)
-    except Exception as exc:
-        svc.jobs.delete(job_id)
-        archive.unlink(missing_ok=True)
-        release_claim()
-        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-    JOBS_SUBMITTED.labels("finetune").inc()
-    location = url_for("jobs.get_job", job_id=job_id)
-    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+    return enqueue_or_undo(
+        job_id,
+        "finetune",
+        lambda: svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE),
+        undo=lambda: archive.unlink(missing_ok=True),
+    )

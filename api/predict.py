@@ -7,12 +7,11 @@ import binascii
 import json
 from typing import Any
 
-from flask import Response, request, url_for
+from flask import Response, request
 
 from api.auth import current_client
-from api.idempotency import release_claim, replay_or_claim
+from api.idempotency import replay_or_claim
 from api.jobs import blp
-from api.metrics import JOBS_SUBMITTED
 from api.schemas import (
     ErrorEnvelopeSchema,
     JobCreatedSchema,
@@ -22,16 +21,16 @@ from api.schemas import (
     PredictOptionsSchema,
 )
 from api.services import services
+from api.submission import enqueue_or_undo
 from imgq.callback_urls import check_callback_url
 from imgq.errors import (
     ImgqError,
     InvalidRequest,
-    ServiceUnavailable,
     TooManyImages,
     UnsupportedMediaType,
 )
 from imgq.idempotency import fingerprint
-from imgq.jobs import JobStatus, new_job_id
+from imgq.jobs import new_job_id
 from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, PREDICT_QUEUE
 from ml.preprocess import ImageLimits, check_image
 
@@ -125,22 +124,15 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         client=current_client().client,
         callback_url=callback,
     )
-    try:
+
+    def send() -> None:
         if options.get("explain"):  # explained jobs stay out of the batched fast path
             svc.celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
-        else:
-            with svc.celery.producer_or_acquire() as producer:
-                for index in range(len(images)):
-                    svc.celery.send_task(
-                        PREDICT_IMAGE_TASK,
-                        args=[job_id, index],
-                        queue=PREDICT_QUEUE,
-                        producer=producer,
-                    )
-    except Exception as exc:
-        svc.jobs.delete(job_id)
-        release_claim()
-        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-    JOBS_SUBMITTED.labels("predict").inc()
-    location = url_for("jobs.get_job", job_id=job_id)
-    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+            return
+        with svc.celery.producer_or_acquire() as producer:
+            for index in range(len(images)):
+                svc.celery.send_task(
+                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
+                )
+
+    return enqueue_or_undo(job_id, "predict", send)

@@ -58,97 +58,56 @@ def api_argv(settings: Settings, bind: str | None = None) -> list[str]:
     ]
 
 
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+
+
+def _worker_argv(
+    settings: Settings, *, name: str, queue: str, pool: str, concurrency: int, prefetch: int
+) -> list[str]:
+    """One Celery worker consuming one queue; gossip and mingle off (nothing here uses them)."""
+    return _celery(
+        "worker",
+        "--queues", queue,
+        "--pool", pool,
+        "--concurrency", str(concurrency),
+        "--prefetch-multiplier", str(prefetch),
+        "--hostname", f"{name}@%h",
+        "--without-gossip", "--without-mingle",
+        "--loglevel", settings.log_level,
+    )  # fmt: skip
+
+
 def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
     """A prediction worker: threads pool (no fork after TensorFlow loads), one model per process.
 
     Prefetch is two batches: one running, one filling, so the next batch is ready when the
     forward pass ends, while the queue keeps the rest visible to an autoscaler.
     """
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--queues",
-        PREDICT_QUEUE,
-        "--pool",
-        "threads",
-        "--concurrency",
-        "1",
-        "--prefetch-multiplier",
-        str(2 * settings.max_batch_size),
-        "--hostname",
-        f"{name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        settings.log_level,
-    ]
-
-
-def webhooks_worker_argv(settings: Settings, name: str = "webhooks") -> list[str]:
-    """A webhooks worker: threads (deliveries wait on the network), and the retry scheduler."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--queues",
-        WEBHOOKS_QUEUE,
-        "--pool",
-        "threads",
-        "--concurrency",
-        "8",
-        "--prefetch-multiplier",
-        "1",
-        "--hostname",
-        f"{name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        settings.log_level,
-    ]
-
-
-def flower_argv(settings: Settings) -> list[str]:
-    """Flower, Celery's web monitor, for looking at queues and workers."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "flower",
-        f"--port={settings.flower_port}",
-        "--address=127.0.0.1",
-    ]
+    return _worker_argv(
+        settings,
+        name=name,
+        queue=PREDICT_QUEUE,
+        pool="threads",
+        concurrency=1,
+        prefetch=2 * settings.max_batch_size,
+    )
 
 
 def train_worker_argv(settings: Settings, name: str = "train") -> list[str]:
     """A training worker: prefork with one child, which imports TensorFlow after the fork."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--queues",
-        TRAIN_QUEUE,
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "1",
-        "--prefetch-multiplier",
-        "1",
-        "--hostname",
-        f"{name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        settings.log_level,
-    ]
+    return _worker_argv(
+        settings, name=name, queue=TRAIN_QUEUE, pool="prefork", concurrency=1, prefetch=1
+    )
+
+
+def webhooks_worker_argv(settings: Settings, name: str = "webhooks") -> list[str]:
+    """A webhooks worker: threads (deliveries wait on the network), and the retry scheduler."""
+    return _worker_argv(
+        settings, name=name, queue=WEBHOOKS_QUEUE, pool="threads", concurrency=8, prefetch=1
+    )
+
+
+def flower_argv(settings: Settings) -> list[str]:
+    """Flower, Celery's web monitor, for looking at queues and workers."""
+    return _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")

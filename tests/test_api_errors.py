@@ -136,3 +136,30 @@ def test_redis_down_is_a_503_with_retry_after(settings: Settings) -> None:
     response = app.test_client().get("/readyz")
     assert _error(response) == (503, "service_unavailable")
     assert response.headers["Retry-After"]
+
+
+def test_broker_down_is_a_503_and_leaves_no_job_behind(
+    settings: Settings, small_jpeg: bytes
+) -> None:
+    dead_broker = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    app = create_app(dead_broker)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['alice']}"
+    before = client.get("/jobs?limit=100").get_json()["jobs"]
+    response = client.post(
+        "/jobs/predict",
+        json={"images": [_b64(small_jpeg)]},
+        headers={"Idempotency-Key": "retry-me"},
+    )
+    assert _error(response) == (503, "service_unavailable")
+    assert response.headers["Retry-After"]
+    assert client.get("/jobs?limit=100").get_json()["jobs"] == before
+    # The key was released with the job: once the broker is back, the retry is accepted.
+    healthy = create_app(settings).test_client()
+    healthy.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['alice']}"
+    retry = healthy.post(
+        "/jobs/predict",
+        json={"images": [_b64(small_jpeg)]},
+        headers={"Idempotency-Key": "retry-me"},
+    )
+    assert retry.status_code == 202
