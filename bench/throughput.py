@@ -234,6 +234,11 @@ def run_service_levels(
         cpu = {
             name: (tree_cpu_seconds(pid) - cpu_before[name]) / elapsed for name, pid in pids.items()
         }
+        # This process is the parent of the services: its tree is the whole machine's share.
+        cpu["all of imgq + clients"] = cpu.pop("bench clients")
+        cpu["bench clients"] = cpu["all of imgq + clients"] - sum(
+            cores for name, cores in cpu.items() if name != "all of imgq + clients"
+        )
         histogram = {
             key: value - histogram_before.get(key, 0.0)
             for key, value in scrape_batches(settings.metrics_port).items()
@@ -336,7 +341,7 @@ def main() -> int:
         f"(cores, of {os.cpu_count()}):"
     )
     for name, cores in cpu.items():
-        print(f"  {name:<15} {cores:5.2f}")
+        print(f"  {name:<22} {cores:5.2f}")
     top = max(args.concurrency)
     e2e_top = next(level for level in batched if level.concurrency == top)
     off_top = next(level for level in unbatched if level.concurrency == top)
