@@ -9,6 +9,8 @@ from __future__ import annotations
 
 WEBHOOKS_SCHEDULED = "imgq:webhooks:scheduled"
 """Sorted set of job ids whose webhook is due, scored by due time."""
+HEARTBEATS = "imgq:jobs:heartbeats"
+"""Sorted set of running long jobs (fine-tunes, exports), scored by their last heartbeat."""
 
 _ENDED = (
     """
@@ -18,6 +20,9 @@ end
 -- A job that ends with a callback URL gets its webhook scheduled in the same atomic step,
 -- so no crash between "job ended" and "send the webhook" can lose the delivery.
 local function schedule_webhook(record, now, job_id)
+  redis.call('ZREM', '"""
+    + HEARTBEATS
+    + """', job_id)  -- an ended job needs no watching
   if redis.call('HEXISTS', record, 'callback_url') == 1 then
     redis.call('ZADD', '"""
     + WEBHOOKS_SCHEDULED

@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT, FieldT
 
 from imgq import job_scripts
 from imgq.job_index import ALL_JOBS, add_to_indexes, client_index, page_of_ids
+from imgq.job_scripts import HEARTBEATS
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
@@ -316,12 +317,38 @@ class JobStore:
             return None
         return content.encode() if isinstance(content, str) else bytes(content)
 
-    def cancel_requested(self, job_id: str) -> bool:
-        """Whether someone asked this running job to stop."""
-        return bool(self._redis.hexists(record_key(job_id), "cancel_requested"))
+    def watch(self, job_id: str) -> None:
+        """Start expecting heartbeats from a long job that has just started running."""
+        self._redis.zadd(HEARTBEATS, {job_id: _now()})
+
+    def beat(self, job_id: str) -> bool:
+        """A long job is alive; returns True when someone asked it to stop."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(HEARTBEATS, {job_id: _now()}, xx=True)
+        pipe.hexists(record_key(job_id), "cancel_requested")
+        return bool(pipe.execute()[1])
+
+    def reap(self, silent_for_s: float) -> list[str]:
+        """Fail long jobs whose worker stopped beating (it died); returns their ids."""
+        members = self._redis.zrangebyscore(HEARTBEATS, "-inf", _now() - silent_for_s)
+        stale = [_text(job) for job in cast("list[bytes]", members)]
+        reaped = []
+        for job_id in stale:
+            error = {
+                "code": "worker_lost",
+                "message": (
+                    f"The worker running this job stopped responding for {silent_for_s:.0f} s "
+                    "(it crashed or was killed). Nothing was published; submit the job again."
+                ),
+            }
+            if self.fail(job_id, error):
+                reaped.append(job_id)
+            self._redis.zrem(HEARTBEATS, job_id)  # gone or already ended
+        return reaped
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
         """Publish a running job's progress; returns True when a cancel was requested."""
+        self._redis.zadd(HEARTBEATS, {job_id: _now()}, xx=True)
         return bool(self._set_progress(keys=[record_key(job_id)], args=[json.dumps(progress)]))
 
 

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     """Largest unpacked/packed size ratio of an archive (zip bombs go far beyond)."""
     min_images_per_class: PositiveInt = 5
     """Fewest images a class may have (each split needs at least one)."""
+    train_heartbeat_timeout_s: PositiveInt = 300
+    """A fine-tune or export silent this long lost its worker and is failed (``worker_lost``)."""
     train_time_limit_s: PositiveInt = 6 * 3600
     """A fine-tune job running longer than this is stopped and fails with ``time_limit``."""
 

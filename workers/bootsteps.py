@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
@@ -50,14 +51,17 @@ class PreloadModels(bootsteps.StartStopStep):
 
 
 class WebhookScheduler(bootsteps.StartStopStep):
-    """In webhooks workers: a thread that turns due deliveries into delivery tasks.
+    """In webhooks workers: a housekeeping thread that sends due webhooks and reaps dead jobs.
 
     Every webhooks worker runs one; claiming due deliveries is atomic in Redis, so several
-    never send the same one twice (see ``imgq.webhooks``).
+    never send the same one twice (see ``imgq.webhooks``), and failing a job whose heartbeat
+    stopped is idempotent (see ``JobStore.reap``). It lives here because a training worker
+    cannot reap its own jobs once it is dead.
     """
 
     requires = ("celery.worker.components:Pool",)
     interval_s = 0.2
+    reap_interval_s = 1.0
 
     def start(self, worker: Any) -> None:
         """Start the scheduler thread if this worker consumes the webhooks queue."""
@@ -78,11 +82,17 @@ class WebhookScheduler(bootsteps.StartStopStep):
             stop.set()
 
     def _run(self, app: Any) -> None:
-        from workers.webhooks import webhook_queue
+        from workers.celery_app import settings
+        from workers.webhooks import job_store, webhook_queue
 
+        next_reap = 0.0
         while not self._stop.wait(self.interval_s):
             try:
                 for job_id in webhook_queue.claim_due():
                     app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=WEBHOOKS_QUEUE)
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + self.reap_interval_s
+                    for job_id in job_store.reap(settings.train_heartbeat_timeout_s):
+                        logger.warning("reaped a job whose worker died", extra={"job_id": job_id})
             except (redis.RedisError, OSError) as exc:
-                logger.warning("webhook scheduler: %s", exc)
+                logger.warning("housekeeping: %s", exc)

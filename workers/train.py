@@ -5,14 +5,21 @@ predictions. A fine-tune can run for hours, and Redis redelivers any message lef
 longer than the visibility timeout, so late acks would either start a second copy of a long
 job or force a visibility timeout so long that crashed prediction batches wait hours for
 redelivery. No half-written version is ever visible, because versions are published by an
-atomic rename; a training worker that dies mid-job leaves the job ``running``.
+atomic rename. A training worker that dies mid-job stops its job's heartbeat, and the reaper
+(run by webhooks workers, see ``workers.bootsteps``) fails the job with ``worker_lost`` after
+``IMGQ_TRAIN_HEARTBEAT_TIMEOUT_S``; the active version is untouched. Jobs are not retried
+automatically: a fine-tune is expensive and its cause of death (memory, a bad dataset) may
+kill the next worker too, so the client decides.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +58,38 @@ class RedisHooks:
         if new_epoch or now - self._last_write >= PROGRESS_INTERVAL_S:
             self._latest, self._last_write = progress, now
             return job_store.set_progress(self.job_id, progress)
-        return job_store.cancel_requested(self.job_id)
+        return job_store.beat(self.job_id)
 
 
 @worker_process_init.connect
 def _serve_child_metrics(**_: Any) -> None:
     """Training runs in the prefork child, so the child serves the metrics it records."""
     serve_metrics(settings.metrics_port)
+
+
+@contextmanager
+def heartbeat(job_id: str) -> Iterator[None]:
+    """Beat for ``job_id`` from a side thread while the block runs.
+
+    A long job is watched by the reaper, which fails it as ``worker_lost`` once the beats stop:
+    only a dead (or frozen) worker process stops them, not a long phase without callbacks.
+    """
+    job_store.watch(job_id)
+    stop = threading.Event()
+    interval = max(1.0, settings.train_heartbeat_timeout_s / 5)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                job_store.beat(job_id)
+            except redis.RedisError as exc:
+                logger.warning("heartbeat failed: %s", exc, extra={"job_id": job_id})
+
+    threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _fail(job_id: str, code: str, message: str) -> None:
@@ -81,7 +113,8 @@ def finetune(job_id: str) -> None:
     archive = Path(params.pop("archive"))
     started = time.monotonic()
     try:
-        result = _run(job_id, params, archive)
+        with heartbeat(job_id):
+            result = _run(job_id, params, archive)
     except SoftTimeLimitExceeded:
         _fail(job_id, "time_limit", f"Training ran past {settings.train_time_limit_s} s.")
     except ImgqError as exc:
@@ -149,7 +182,8 @@ def export(job_id: str) -> None:
         return
     params = json.loads(fields["params"])
     try:
-        report = _export(params["model"], int(params["version"]), params["format"])
+        with heartbeat(job_id):
+            report = _export(params["model"], int(params["version"]), params["format"])
     except ImgqError as exc:
         job_store.fail(job_id, exc.to_dict())
     except Exception:
