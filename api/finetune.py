@@ -12,9 +12,8 @@ from api.auth import current_client
 from api.finetune_form import FinetuneFormSchema, read_finetune_request
 from api.idempotency import replay_or_claim
 from api.jobs import blp
-from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
-from api.submission import enqueue_or_undo
+from api.submission import enqueue_or_undo, submission_endpoint
 from imgq.idempotency import fingerprint
 from imgq.jobs import new_job_id
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
@@ -25,15 +24,7 @@ _FINETUNE_BODY = {
 }
 
 
-@blp.route("/finetune", methods=["POST"])
-@blp.doc(requestBody=_FINETUNE_BODY)
-@blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job.")
-@blp.alt_response(409, schema=ErrorEnvelopeSchema)
-@blp.alt_response(400, schema=ErrorEnvelopeSchema)
-@blp.alt_response(404, schema=ErrorEnvelopeSchema)
-@blp.alt_response(413, schema=ErrorEnvelopeSchema)
-@blp.alt_response(503, schema=ErrorEnvelopeSchema)
+@submission_endpoint(blp, "/finetune", _FINETUNE_BODY)
 def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a fine-tune job: a new version of ``model`` trained on the uploaded dataset."""
     svc = services()

@@ -13,15 +13,12 @@ from api.auth import current_client
 from api.idempotency import replay_or_claim
 from api.jobs import blp
 from api.schemas import (
-    ErrorEnvelopeSchema,
-    JobCreatedSchema,
-    JobSchema,
     PredictJsonSchema,
     PredictMultipartSchema,
     PredictOptionsSchema,
 )
 from api.services import services
-from api.submission import enqueue_or_undo
+from api.submission import enqueue_or_undo, submission_endpoint
 from imgq.callback_urls import check_callback_url
 from imgq.errors import (
     ImgqError,
@@ -90,16 +87,7 @@ def _check_images(images: list[bytes]) -> None:
             raise
 
 
-@blp.route("/predict", methods=["POST"])
-@blp.doc(requestBody=_PREDICT_BODY)
-@blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job.")
-@blp.alt_response(409, schema=ErrorEnvelopeSchema)
-@blp.alt_response(400, schema=ErrorEnvelopeSchema)
-@blp.alt_response(404, schema=ErrorEnvelopeSchema)
-@blp.alt_response(413, schema=ErrorEnvelopeSchema)
-@blp.alt_response(415, schema=ErrorEnvelopeSchema)
-@blp.alt_response(503, schema=ErrorEnvelopeSchema)
+@submission_endpoint(blp, "/predict", _PREDICT_BODY)
 def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a prediction job for one or more images."""
     request.max_content_length = services().settings.max_request_bytes

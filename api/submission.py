@@ -11,12 +11,37 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import url_for
+from flask_smorest import Blueprint
 
 from api.idempotency import release_claim
 from api.metrics import JOBS_SUBMITTED
 from api.services import services
 from imgq.errors import ServiceUnavailable
 from imgq.jobs import JobStatus
+
+ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 422, 503)
+"""Error answers every job submission documents."""
+
+
+def submission_endpoint(
+    blp: Blueprint, path: str, body: dict[str, Any]
+) -> Callable[[Callable[..., Any]], Any]:
+    """Route and document a ``POST`` that creates a job (202, or 200 for an idempotent replay)."""
+    from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
+
+    def decorate(view: Callable[..., Any]) -> Any:
+        for status in ERROR_STATUSES:
+            view = blp.alt_response(status, schema=ErrorEnvelopeSchema)(view)
+        view = blp.alt_response(
+            200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job."
+        )(view)
+        view = blp.response(
+            202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}}
+        )(view)
+        view = blp.doc(requestBody=body)(view)
+        return blp.route(path, methods=["POST"])(view)
+
+    return decorate
 
 
 def enqueue_or_undo(
