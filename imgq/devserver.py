@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 import redis
@@ -93,7 +92,6 @@ def main() -> int:
     """Run until interrupted; the exit code is non-zero if a process died on its own."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    os.chdir(Path.cwd())
     stopping = False
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -121,11 +119,16 @@ def main() -> int:
             flush=True,
         )
     exit_code = 0
+    parent = os.getppid()
     while not stopping:
         dead = [name for name, child in children.items() if child.poll() is not None]
         if dead:
             print(f"imgq: {', '.join(dead)} exited; stopping the rest.", file=sys.stderr)
             exit_code = 1
+            break
+        if os.getppid() != parent:
+            # `make run` got SIGTERM: make exits without passing it on, so follow it.
+            print("imgq: the launching process exited; stopping.", file=sys.stderr)
             break
         time.sleep(0.5)
     stop_all(children)

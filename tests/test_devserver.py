@@ -34,9 +34,8 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    settings = Settings(
+def _local_settings(tmp_path: Path, port: int) -> Settings:
+    return Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         api_bind=f"127.0.0.1:{port}",
         model_store=tmp_path / "models",
@@ -47,7 +46,11 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
         ready_file=tmp_path / "ready",
         api_keys_file=tmp_path / "api-keys.json",
     )
-    env = {**os.environ, **settings_env(settings)}
+
+
+def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **settings_env(_local_settings(tmp_path, port))}
     process = subprocess.Popen(
         [sys.executable, "-m", "imgq.devserver"],
         cwd=REPO,
@@ -71,3 +74,23 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
     assert f"Bearer {admin_key}" in output  # the first start created and printed an admin key
     assert admin_key not in (tmp_path / "api-keys.json").read_text()  # only its hash is stored
     assert not [pid for pid in children if _alive(pid)]
+
+
+def test_run_command_follows_its_launcher_when_that_is_killed(tmp_path: Path) -> None:
+    """``make run`` does not pass SIGTERM on to its child: the service must stop anyway."""
+    port = free_port()
+    env = {**os.environ, **settings_env(_local_settings(tmp_path, port))}
+    launcher = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -m imgq.devserver; true"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 60, "the API")
+    (devserver,) = _children(launcher.pid)
+    started = [devserver, *_children(devserver)]
+    launcher.kill()
+    launcher.wait()
+    wait_until(lambda: not [pid for pid in started if _alive(pid)], 90, "everything to stop")
