@@ -19,6 +19,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from api.metrics import REQUESTS_REJECTED
+from api.schemas import ErrorEnvelopeSchema
 from imgq.errors import ImgqError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 
 class ImgqApi(Api):
     """flask-smorest's Api with imgq's error envelope instead of its own."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema  # what the OpenAPI document says errors look like
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         """Turn werkzeug and webargs HTTP errors into the envelope."""
