@@ -30,11 +30,11 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     svc = services()
     request.max_content_length = svc.settings.max_dataset_bytes
     job_id = new_job_id()
-    params = read_finetune_request(job_id)
+    params, archive_sha256 = read_finetune_request(job_id)
     archive = Path(params["archive"])
     settings_part = json.dumps({k: v for k, v in params.items() if k != "archive"}, sort_keys=True)
     try:
-        replay = replay_or_claim(fingerprint(settings_part, archive.read_bytes()), job_id)
+        replay = replay_or_claim(fingerprint(settings_part, archive_sha256), job_id)
     except Exception:
         archive.unlink(missing_ok=True)
         raise

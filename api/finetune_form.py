@@ -7,7 +7,7 @@ can only be found when decoding, so the worker skips and reports those.
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,8 @@ class FinetuneFormSchema(Schema):
             )
 
 
-def _save_upload(job_id: str) -> Path:
+def _save_upload(job_id: str) -> tuple[Path, str]:
+    """Stream the ``dataset`` part to the upload folder; returns its path and SHA-256."""
     part = request.files.get("dataset")
     if part is None or not part.filename:
         raise InvalidRequest("No `dataset` file part: send the dataset archive as `dataset`.")
@@ -83,13 +84,18 @@ def _save_upload(job_id: str) -> Path:
     upload_dir = services().settings.upload_dir
     upload_dir.mkdir(parents=True, exist_ok=True)
     path = upload_dir / f"{job_id}{suffix}"
+    digest = hashlib.sha256()
     with path.open("wb") as target:
-        shutil.copyfileobj(part.stream, target, length=1 << 20)
-    return path
+        while chunk := part.stream.read(1 << 20):
+            digest.update(chunk)
+            target.write(chunk)
+    return path, digest.hexdigest()
 
 
-def read_finetune_request(job_id: str) -> dict[str, Any]:
-    """Validate the form and the archive; return the job's parameters (archive path included).
+def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
+    """Validate the form and the archive; return the job's parameters and the archive's SHA-256.
+
+    The parameters include the saved archive's path as ``archive``.
 
     Raises:
         ImgqError: any problem, with the saved archive removed again.
@@ -107,7 +113,7 @@ def read_finetune_request(job_id: str) -> dict[str, Any]:
     params.setdefault("image_size", BACKBONE_SIZES.get(base, 224))
     if "callback_url" in params:
         check_callback_url(params["callback_url"], svc.settings.webhook_allow_private)
-    path = _save_upload(job_id)
+    path, digest = _save_upload(job_id)
     try:
         settings = svc.settings
         limits = ArchiveLimits(
@@ -119,4 +125,4 @@ def read_finetune_request(job_id: str) -> dict[str, Any]:
     except Exception:
         path.unlink(missing_ok=True)
         raise
-    return {**params, "archive": str(path)}
+    return {**params, "archive": str(path)}, digest

@@ -23,6 +23,7 @@ from api.schemas import (
 )
 from api.services import services
 from imgq.errors import ImgqError, JobNotFound, NotFound
+from imgq.jobs import job_document
 from imgq.keys import Role
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction and training jobs")
@@ -64,12 +65,9 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     get results as soon as they exist without polling in a tight loop.
     """
     svc = services()
-    owned_fields(job_id)
-    event = svc.waiters.register(job_id) if query["wait"] > 0 else None
+    event = svc.waiters.register(job_id) if query["wait"] > 0 else None  # before the read
     try:
-        document = svc.jobs.get(job_id)
-        if document is None:
-            raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+        document = job_document(owned_fields(job_id))
         if event is not None and not document["status"].is_terminal:
             event.wait(query["wait"])
             document = svc.jobs.get(job_id) or document
@@ -151,11 +149,10 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
 def get_artifact(job_id: str, name: str) -> Any:
     """Download a file a job produced: fine-tune report and plots, or predict heatmaps."""
     svc = services()
-    owned_fields(job_id)
-    document = svc.jobs.get(job_id)
-    result = (document or {}).get("result") or {}
+    document = job_document(owned_fields(job_id))
+    result = document["result"] or {}
     content = None
-    if document and name in result.get("artifacts", []):
+    if name in result.get("artifacts", []):
         content = (
             svc.registry.read_file(result["model"], int(result["version"]), name)
             if document["type"] == "finetune"

@@ -114,11 +114,9 @@ def _server_latency(document: dict[str, str]) -> float:
     return (finished - created).total_seconds()
 
 
-API_KEY = ""
-"""The benchmark's own admin key, made at start-up."""
-
-
-def run_level(base: str, image: bytes, concurrency: int, warmup_s: float, seconds: float) -> Level:
+def run_level(
+    base: str, image: bytes, concurrency: int, warmup_s: float, seconds: float, *, api_key: str
+) -> Level:
     """Closed loop: each client submits one image, waits for the result, and repeats."""
     start = time.monotonic() + warmup_s
     end = start + seconds
@@ -130,7 +128,7 @@ def run_level(base: str, image: bytes, concurrency: int, warmup_s: float, second
     def client() -> None:
         nonlocal completed
         session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {API_KEY}"
+        session.headers["Authorization"] = f"Bearer {api_key}"
         while time.monotonic() < end:
             response = session.post(
                 f"{base}/jobs/predict",
@@ -209,6 +207,7 @@ def run_service_levels(
     args: argparse.Namespace,
     *,
     redis_pid: int,
+    api_key: str,
 ) -> tuple[list[Level], dict[str, float], dict[str, float]]:
     """Start API and worker with ``settings``, run every level, stop them.
 
@@ -224,12 +223,17 @@ def run_service_levels(
         "bench clients": os.getpid(),
     }
     try:
-        run_level(api.url, image, 4, 0.0, 2.0)  # warm the HTTP path and the worker
-        results = [run_level(api.url, image, c, args.warmup, args.seconds) for c in levels[:-1]]
+        run_level(api.url, image, 4, 0.0, 2.0, api_key=api_key)  # warm the HTTP path and the worker
+        results = [
+            run_level(api.url, image, c, args.warmup, args.seconds, api_key=api_key)
+            for c in levels[:-1]
+        ]
         histogram_before = scrape_batches(settings.metrics_port)
         cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
-        results.append(run_level(api.url, image, levels[-1], args.warmup, args.seconds))
+        results.append(
+            run_level(api.url, image, levels[-1], args.warmup, args.seconds, api_key=api_key)
+        )
         elapsed = time.monotonic() - started
         cpu = {
             name: (tree_cpu_seconds(pid) - cpu_before[name]) / elapsed for name, pid in pids.items()
@@ -286,10 +290,9 @@ def main() -> int:
     parser.add_argument("--raw-seconds", type=float, default=4.0)
     args = parser.parse_args()
 
-    global API_KEY  # noqa: PLW0603 (set once, before any client thread starts)
     image = sample_jpeg()
     workdir = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
-    API_KEY = create_key_file(workdir / "api-keys.json") or ""
+    api_key = create_key_file(workdir / "api-keys.json") or ""
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         model_store=workdir / "models",
@@ -304,7 +307,7 @@ def main() -> int:
     try:
         redis_pid = redis_service.process.pid
         batched, histogram, cpu = run_service_levels(
-            settings, workdir, image, args.concurrency, args, redis_pid=redis_pid
+            settings, workdir, image, args.concurrency, args, redis_pid=redis_pid, api_key=api_key
         )
         unbatched_settings = settings.model_copy(update={"max_batch_size": 1})
         unbatched, _, _ = run_service_levels(
@@ -314,6 +317,7 @@ def main() -> int:
             [1, max(args.concurrency)],
             args,
             redis_pid=redis_pid,
+            api_key=api_key,
         )
         raw, single_s = measure_raw(settings, image, [1, 8, 16, 32, 64], args.raw_seconds)
     finally:

@@ -199,7 +199,7 @@ class JobStore:
                 if not raw:
                     self._redis.zrem(key, job_id)  # the record expired
                     continue
-                document = _document({_text(k): _text(v) for k, v in raw.items()})
+                document = job_document({_text(k): _text(v) for k, v in raw.items()})
                 if (status is None or document["status"] == status) and (
                     job_type is None or document["type"] == job_type
                 ):
@@ -213,7 +213,7 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Return the public job document, or None when there is no such job."""
         fields = self.fields(job_id)
-        return _document(fields) if fields else None
+        return job_document(fields) if fields else None
 
     def fields(self, job_id: str) -> dict[str, str]:
         """The raw stored record (empty when there is no such job)."""
@@ -360,7 +360,7 @@ def _timestamp(value: str | None) -> str | None:
     )
 
 
-def _document(fields: dict[str, str]) -> dict[str, Any]:
+def job_document(fields: dict[str, str]) -> dict[str, Any]:
     """Turn a stored record into the JSON document ``GET /jobs/<id>`` returns."""
     return {
         "id": fields["id"],
