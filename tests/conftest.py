@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from imgq.localrun import (
     start_predict_worker,
     start_redis,
     start_train_worker,
+    start_webhooks_worker,
     wait_until,
 )
 from imgq.settings import Settings
@@ -149,11 +150,27 @@ def predict_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def train_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
     """A real training worker process (prefork); ``.url`` is its metrics endpoint's base."""
-    own_port = settings.model_copy(update={"metrics_port": free_port()})
-    service = start_train_worker(own_port, service_dir, name=f"train-{free_port()}")
-    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
+    service = start_with_own_metrics(start_train_worker, settings, service_dir, "train")
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def webhooks_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
+    """A real webhooks worker (deliveries, retry scheduler, reaper); ``.url`` as above."""
+    service = start_with_own_metrics(start_webhooks_worker, settings, service_dir, "webhooks")
+    yield service
+    service.stop()
+
+
+def start_with_own_metrics(
+    start: Callable[..., Service], settings: Settings, log_dir: Path, role: str
+) -> Service:
+    """Start a worker on its own metrics port (workers share the machine); ``.url`` serves it."""
+    own_port = settings.model_copy(update={"metrics_port": free_port()})
+    service = start(own_port, log_dir, name=f"{role}-{free_port()}")
+    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
+    return service
 
 
 @pytest.fixture(scope="session")

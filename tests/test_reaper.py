@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgq.localrun import free_port, start_train_worker, start_webhooks_worker
+from imgq.localrun import start_train_worker, start_webhooks_worker
 from imgq.queueing import TRAIN_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, http, wait_for_job
+from tests.conftest import Service, http, start_with_own_metrics, wait_for_job
 from tests.test_finetune_e2e import _finetune, make_dataset_zip
 
 pytestmark = pytest.mark.e2e
@@ -37,15 +37,9 @@ def test_killed_training_worker_is_reaped_and_the_active_version_is_untouched(
     control = make_celery(settings).control
     # The session's own training worker steps aside, so the doomed one gets the job.
     assert control.cancel_consumer(TRAIN_QUEUE, destination=[train_worker.node], reply=True)
-    quick = settings.model_copy(
-        update={"train_heartbeat_timeout_s": 3, "metrics_port": free_port()}
-    )
-    trainer = start_train_worker(quick, service_dir, name=f"doomed-{free_port()}")
-    housekeeper = start_webhooks_worker(
-        quick.model_copy(update={"metrics_port": free_port()}),
-        service_dir,
-        name=f"reaper-{free_port()}",
-    )
+    quick = settings.model_copy(update={"train_heartbeat_timeout_s": 3})
+    trainer = start_with_own_metrics(start_train_worker, quick, service_dir, "doomed")
+    housekeeper = start_with_own_metrics(start_webhooks_worker, quick, service_dir, "reaper")
     try:
         response = _finetune(
             api_server,

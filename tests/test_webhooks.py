@@ -8,29 +8,16 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from imgq.localrun import free_port, start_webhooks_worker
-from imgq.settings import Settings
+from imgq.localrun import free_port
 from tests.conftest import REPO, SECRETS, Service, http, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def webhooks_worker(settings: Settings, service_dir: Path) -> Iterator[Service]:
-    """A real webhooks worker (deliveries plus the retry scheduler)."""
-    own_port = settings.model_copy(update={"metrics_port": free_port()})
-    service = start_webhooks_worker(own_port, service_dir, name=f"webhooks-{free_port()}")
-    service.url = f"http://127.0.0.1:{own_port.metrics_port}"
-    yield service
-    service.stop()
 
 
 class Receiver:
