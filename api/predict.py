@@ -110,7 +110,9 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         options.get("version"),  # None: the worker pins the version it serves
         options.get("top_k", svc.settings.default_top_k),
         client=current_client().client,
+        deadline_s=svc.settings.predict_deadline_s,
         callback_url=callback,
+        explain=bool(options.get("explain")),
     )
 
     def send() -> None:

@@ -11,6 +11,8 @@ WEBHOOKS_SCHEDULED = "imgq:webhooks:scheduled"
 """Sorted set of job ids whose webhook is due, scored by due time."""
 HEARTBEATS = "imgq:jobs:heartbeats"
 """Sorted set of running long jobs (fine-tunes, exports), scored by their last heartbeat."""
+DEADLINES = "imgq:jobs:deadlines"
+"""Sorted set of open predict jobs, scored by the time they are overdue (see the reaper)."""
 
 _ENDED = (
     """
@@ -23,6 +25,9 @@ local function schedule_webhook(record, now, job_id)
   redis.call('ZREM', '"""
     + HEARTBEATS
     + """', job_id)  -- an ended job needs no watching
+  redis.call('ZREM', '"""
+    + DEADLINES
+    + """', job_id)
   if redis.call('HEXISTS', record, 'callback_url') == 1 then
     redis.call('ZADD', '"""
     + WEBHOOKS_SCHEDULED

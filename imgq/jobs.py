@@ -21,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from imgq import job_scripts
 from imgq.job_index import ALL_JOBS, add_to_indexes, client_index, page_of_ids
-from imgq.job_scripts import HEARTBEATS
+from imgq.job_scripts import DEADLINES, HEARTBEATS
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
@@ -128,12 +128,15 @@ class JobStore:
         top_k: int,
         *,
         client: str,
+        deadline_s: float,
         callback_url: str | None = None,
+        explain: bool = False,
     ) -> None:
         """Store a queued predict job with its images in one transaction.
 
         ``version`` None leaves the choice to the worker, which pins the version it serves
-        when it takes the job's first image, so all of a job's images use one version.
+        when it takes the job's first image, so all of a job's images use one version. The
+        job is overdue ``deadline_s`` from now unless it ends first (see ``claim_overdue``).
         """
         record = self._new_record(job_id, JobType.PREDICT, client)
         record.update({"model": model, "top_k": str(top_k), "image_count": str(len(images))})
@@ -141,10 +144,14 @@ class JobStore:
             record["version"] = str(version)
         if callback_url is not None:
             record["callback_url"] = callback_url
+        if explain:
+            record["explain"] = "1"
+        record["deadline_s"] = repr(float(deadline_s))
         pipe = self._redis.pipeline(transaction=True)
         self._store_record(pipe, job_id, record)
         pipe.hset(images_key(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(images_key(job_id), self._ttl_s)
+        pipe.zadd(DEADLINES, {job_id: float(str(record["created_at"])) + deadline_s})
         pipe.execute()
 
     def create_export_job(self, job_id: str, params: dict[str, Any], *, client: str) -> None:
@@ -345,6 +352,38 @@ class JobStore:
                 reaped.append(job_id)
             self._redis.zrem(HEARTBEATS, job_id)  # gone or already ended
         return reaped
+
+    def claim_overdue(self, limit: int = 100) -> list[str]:
+        """Take predict jobs whose deadline passed; each is handed to exactly one caller."""
+        members = cast(
+            "list[bytes]",
+            self._redis.zrangebyscore(DEADLINES, "-inf", _now(), start=0, num=limit),
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.zrem(DEADLINES, member)
+        claimed = pipe.execute()
+        return [_text(m) for m, won in zip(members, claimed, strict=True) if won]
+
+    def extend_deadline(self, job_id: str, deadline_s: float) -> int:
+        """Watch an overdue job for another ``deadline_s``; returns how often it was requeued.
+
+        The deadline is the one the job was accepted with (its ``deadline_s`` field), so every
+        reaper treats a job alike whatever its own settings say.
+        """
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(record_key(job_id), "requeues", 1)
+        pipe.zadd(DEADLINES, {job_id: _now() + deadline_s})
+        return int(pipe.execute()[0])
+
+    def missing_images(self, job_id: str) -> list[int]:
+        """Indices of a predict job's images that have no stored prediction yet."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(record_key(job_id), "image_count")
+        pipe.hkeys(predictions_key(job_id))
+        count, done = pipe.execute()
+        stored = {int(_text(index)) for index in done}
+        return [i for i in range(int(count or 0)) if i not in stored]
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
         """Publish a running job's progress; returns True when a cancel was requested."""

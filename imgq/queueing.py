@@ -40,6 +40,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # handed out again after this many seconds. It must exceed the longest time a message
         # is held unacknowledged, and Celery reads it from both option dicts.
         "visibility_timeout": settings.visibility_timeout_s,
+        # Sweep for expired unacked messages every interval (throttle 1: every call scans).
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_url": settings.celery_broker_url,

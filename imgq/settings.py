@@ -24,8 +24,18 @@ class Settings(BaseSettings):
     """Redis used for job records, image payloads and (unless ``broker_url`` is set) the broker."""
     broker_url: str | None = None
     """Celery broker; defaults to ``redis_url``."""
-    visibility_timeout_s: PositiveInt = 300
-    """Seconds before Redis hands an unacknowledged message to another worker."""
+    visibility_timeout_s: PositiveInt = 60
+    """Seconds before Redis hands an unacknowledged message to another worker.
+
+    Only predict, explain and webhook messages are acked late, and none is held long: a
+    prediction worker holds at most two batches (well under 5 s on a CPU), an explanation
+    tens of seconds, a delivery its connect + read timeouts. Training messages are acked when
+    they start. So 60 s never redelivers a message still being worked on, and a killed
+    prediction worker's messages come back within 60 s + ``unacked_restore_interval_s``.
+    """
+    unacked_restore_interval_s: PositiveInt = 5
+    """How often each worker looks for messages past the visibility timeout (kombu's default,
+    10 s x 10 calls, would add up to 100 s to a redelivery)."""
 
     model_store: str = str(_VAR / "models")
     """Model registry: a path (a shared volume in Kubernetes) or an fsspec URL (``s3://…``)."""
@@ -50,6 +60,12 @@ class Settings(BaseSettings):
     """Largest decoded width x height, against decompression bombs."""
     max_images_per_job: PositiveInt = 64
     """Most images one predict job may carry."""
+    predict_deadline_s: PositiveInt = 600
+    """A predict job not ended this long after it was accepted is requeued once (its missing
+    images re-sent), and failed with ``deadline_exceeded`` after a second deadline: the safety
+    net for a message lost outside Celery's redelivery."""
+    predict_requeues: int = Field(default=1, ge=0)
+    """Times an overdue predict job is requeued before it is failed."""
     default_top_k: PositiveInt = 5
     """Labels returned per image when the request names no ``top_k``."""
 

@@ -11,7 +11,9 @@ from imgq.settings import Settings
 def _store(settings: Settings, client: redis.Redis) -> tuple[JobStore, str]:
     store = JobStore(client, ttl_s=settings.job_ttl_s)
     job_id = new_job_id()
-    store.create_predict_job(job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice")
+    store.create_predict_job(
+        job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice", deadline_s=60
+    )
     return store, job_id
 
 
@@ -77,3 +79,22 @@ def test_finished_jobs_are_not_offered_to_workers_again(
     store, job_id = _store(settings, redis_client)
     store.fail(job_id, {"code": "x", "message": "y"})
     assert store.predict_targets([job_id, "missing"]) == {job_id: None, "missing": None}
+
+
+def test_overdue_jobs_are_claimed_once_and_only_until_they_end(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    store = JobStore(redis_client, ttl_s=settings.job_ttl_s)
+    overdue, ended = new_job_id(), new_job_id()
+    for job_id in (overdue, ended):
+        store.create_predict_job(
+            job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice", deadline_s=-1
+        )
+    store.fail(ended, {"code": "invalid_image", "message": "x"})  # ending unwatches it
+    store.store_predictions([(overdue, 0, _top("first"))])
+    claimed = store.claim_overdue()
+    assert overdue in claimed and ended not in claimed
+    assert overdue not in store.claim_overdue()  # a second reaper gets nothing
+    assert store.missing_images(overdue) == [1]
+    assert store.extend_deadline(overdue, 60) == 1
+    assert overdue not in store.claim_overdue()  # watched again, not yet due

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from kombu.exceptions import OperationalError
 
 from imgq.queueing import DELIVER_WEBHOOK_TASK, PREDICT_QUEUE, WEBHOOKS_QUEUE
 from workers.metrics import serve_metrics
@@ -51,7 +52,7 @@ class PreloadModels(bootsteps.StartStopStep):
 
 
 class WebhookScheduler(bootsteps.StartStopStep):
-    """In webhooks workers: a housekeeping thread that sends due webhooks and reaps dead jobs.
+    """In webhooks workers: a housekeeping thread that sends due webhooks and runs the reaper.
 
     Every webhooks worker runs one; claiming due deliveries is atomic in Redis, so several
     never send the same one twice (see ``imgq.webhooks``), and failing a job whose heartbeat
@@ -83,6 +84,7 @@ class WebhookScheduler(bootsteps.StartStopStep):
 
     def _run(self, app: Any) -> None:
         from workers.celery_app import settings
+        from workers.reaper import reap
         from workers.webhooks import job_store, webhook_queue
 
         next_reap = 0.0
@@ -92,7 +94,6 @@ class WebhookScheduler(bootsteps.StartStopStep):
                     app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=WEBHOOKS_QUEUE)
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.reap_interval_s
-                    for job_id in job_store.reap(settings.train_heartbeat_timeout_s):
-                        logger.warning("reaped a job whose worker died", extra={"job_id": job_id})
-            except (redis.RedisError, OSError) as exc:
+                    reap(app, job_store, settings)
+            except (redis.RedisError, OSError, OperationalError) as exc:
                 logger.warning("housekeeping: %s", exc)
