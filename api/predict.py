@@ -111,6 +111,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         options.get("top_k", svc.settings.default_top_k),
         client=current_client().client,
         deadline_s=svc.settings.predict_deadline_s,
+        check_after_s=svc.settings.predict_check_interval_s,
         callback_url=callback,
         explain=bool(options.get("explain")),
     )

@@ -11,8 +11,8 @@ WEBHOOKS_SCHEDULED = "imgq:webhooks:scheduled"
 """Sorted set of job ids whose webhook is due, scored by due time."""
 HEARTBEATS = "imgq:jobs:heartbeats"
 """Sorted set of running long jobs (fine-tunes, exports), scored by their last heartbeat."""
-DEADLINES = "imgq:jobs:deadlines"
-"""Sorted set of open predict jobs, scored by the time they are overdue (see the reaper)."""
+PREDICT_CHECKS = "imgq:jobs:predict-checks"
+"""Sorted set of open predict jobs, scored by when the reaper next looks at them."""
 
 _ENDED = (
     """
@@ -26,7 +26,7 @@ local function schedule_webhook(record, now, job_id)
     + HEARTBEATS
     + """', job_id)  -- an ended job needs no watching
   redis.call('ZREM', '"""
-    + DEADLINES
+    + PREDICT_CHECKS
     + """', job_id)
   if redis.call('HEXISTS', record, 'callback_url') == 1 then
     redis.call('ZADD', '"""

@@ -21,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from imgq import job_scripts
 from imgq.job_index import ALL_JOBS, add_to_indexes, client_index, page_of_ids
-from imgq.job_scripts import DEADLINES, HEARTBEATS
+from imgq.job_scripts import HEARTBEATS, PREDICT_CHECKS
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
@@ -129,6 +129,7 @@ class JobStore:
         *,
         client: str,
         deadline_s: float,
+        check_after_s: float,
         callback_url: str | None = None,
         explain: bool = False,
     ) -> None:
@@ -136,7 +137,8 @@ class JobStore:
 
         ``version`` None leaves the choice to the worker, which pins the version it serves
         when it takes the job's first image, so all of a job's images use one version. The
-        job is overdue ``deadline_s`` from now unless it ends first (see ``claim_overdue``).
+        reaper first looks at the job ``check_after_s`` from now if it is still open, and fails
+        it once it is ``deadline_s`` old (see ``workers.reaper``).
         """
         record = self._new_record(job_id, JobType.PREDICT, client)
         record.update({"model": model, "top_k": str(top_k), "image_count": str(len(images))})
@@ -151,7 +153,7 @@ class JobStore:
         self._store_record(pipe, job_id, record)
         pipe.hset(images_key(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(images_key(job_id), self._ttl_s)
-        pipe.zadd(DEADLINES, {job_id: float(str(record["created_at"])) + deadline_s})
+        pipe.zadd(PREDICT_CHECKS, {job_id: float(str(record["created_at"])) + check_after_s})
         pipe.execute()
 
     def create_export_job(self, job_id: str, params: dict[str, Any], *, client: str) -> None:
@@ -353,28 +355,28 @@ class JobStore:
             self._redis.zrem(HEARTBEATS, job_id)  # gone or already ended
         return reaped
 
-    def claim_overdue(self, limit: int = 100) -> list[str]:
-        """Take predict jobs whose deadline passed; each is handed to exactly one caller."""
+    def claim_due_checks(self, limit: int = 100) -> list[str]:
+        """Take open predict jobs due for a reaper check; each goes to exactly one caller."""
         members = cast(
             "list[bytes]",
-            self._redis.zrangebyscore(DEADLINES, "-inf", _now(), start=0, num=limit),
+            self._redis.zrangebyscore(PREDICT_CHECKS, "-inf", _now(), start=0, num=limit),
         )
         pipe = self._redis.pipeline(transaction=False)
         for member in members:
-            pipe.zrem(DEADLINES, member)
+            pipe.zrem(PREDICT_CHECKS, member)
         claimed = pipe.execute()
         return [_text(m) for m, won in zip(members, claimed, strict=True) if won]
 
-    def extend_deadline(self, job_id: str, deadline_s: float) -> int:
-        """Watch an overdue job for another ``deadline_s``; returns how often it was requeued.
+    def check_again(self, job_id: str, after_s: float, *, requeued: int = 0) -> None:
+        """Have the reaper look at an open job again ``after_s`` from now.
 
-        The deadline is the one the job was accepted with (its ``deadline_s`` field), so every
-        reaper treats a job alike whatever its own settings say.
+        ``requeued`` counts images just sent again, kept on the record as ``requeues``.
         """
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hincrby(record_key(job_id), "requeues", 1)
-        pipe.zadd(DEADLINES, {job_id: _now() + deadline_s})
-        return int(pipe.execute()[0])
+        if requeued:
+            pipe.hincrby(record_key(job_id), "requeues", requeued)
+        pipe.zadd(PREDICT_CHECKS, {job_id: _now() + after_s})
+        pipe.execute()
 
     def missing_images(self, job_id: str) -> list[int]:
         """Indices of a predict job's images that have no stored prediction yet."""

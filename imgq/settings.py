@@ -60,12 +60,15 @@ class Settings(BaseSettings):
     """Largest decoded width x height, against decompression bombs."""
     max_images_per_job: PositiveInt = 64
     """Most images one predict job may carry."""
-    predict_deadline_s: PositiveInt = 600
-    """A predict job not ended this long after it was accepted is requeued once (its missing
-    images re-sent), and failed with ``deadline_exceeded`` after a second deadline: the safety
-    net for a message lost outside Celery's redelivery."""
-    predict_requeues: int = Field(default=1, ge=0)
-    """Times an overdue predict job is requeued before it is failed."""
+    predict_check_interval_s: PositiveInt = 30
+    """How often the reaper looks at a predict job that is still open: images with no result
+    and no message anywhere (kombu loses one if a worker dies between taking it from the
+    queue and recording it as unacknowledged) are sent again."""
+    predict_check_scan_limit: PositiveInt = 20_000
+    """Longest predict queue the reaper scans for those images; beyond, jobs just wait."""
+    predict_deadline_s: PositiveInt = 3600
+    """A predict job still open this long after it was accepted fails with
+    ``deadline_exceeded``, so no accepted job stays open for ever."""
     default_top_k: PositiveInt = 5
     """Labels returned per image when the request names no ``top_k``."""
 

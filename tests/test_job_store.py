@@ -12,7 +12,14 @@ def _store(settings: Settings, client: redis.Redis) -> tuple[JobStore, str]:
     store = JobStore(client, ttl_s=settings.job_ttl_s)
     job_id = new_job_id()
     store.create_predict_job(
-        job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice", deadline_s=60
+        job_id,
+        [b"a", b"b"],
+        "imagenet",
+        1,
+        top_k=1,
+        client="alice",
+        deadline_s=60,
+        check_after_s=60,
     )
     return store, job_id
 
@@ -81,20 +88,28 @@ def test_finished_jobs_are_not_offered_to_workers_again(
     assert store.predict_targets([job_id, "missing"]) == {job_id: None, "missing": None}
 
 
-def test_overdue_jobs_are_claimed_once_and_only_until_they_end(
+def test_open_jobs_are_checked_once_per_interval_and_only_until_they_end(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     store = JobStore(redis_client, ttl_s=settings.job_ttl_s)
-    overdue, ended = new_job_id(), new_job_id()
-    for job_id in (overdue, ended):
+    open_job, ended = new_job_id(), new_job_id()
+    for job_id in (open_job, ended):
         store.create_predict_job(
-            job_id, [b"a", b"b"], "imagenet", 1, top_k=1, client="alice", deadline_s=-1
+            job_id,
+            [b"a", b"b"],
+            "imagenet",
+            1,
+            top_k=1,
+            client="alice",
+            deadline_s=60,
+            check_after_s=-1,
         )
     store.fail(ended, {"code": "invalid_image", "message": "x"})  # ending unwatches it
-    store.store_predictions([(overdue, 0, _top("first"))])
-    claimed = store.claim_overdue()
-    assert overdue in claimed and ended not in claimed
-    assert overdue not in store.claim_overdue()  # a second reaper gets nothing
-    assert store.missing_images(overdue) == [1]
-    assert store.extend_deadline(overdue, 60) == 1
-    assert overdue not in store.claim_overdue()  # watched again, not yet due
+    store.store_predictions([(open_job, 0, _top("first"))])
+    claimed = store.claim_due_checks()
+    assert open_job in claimed and ended not in claimed
+    assert open_job not in store.claim_due_checks()  # a second reaper gets nothing
+    assert store.missing_images(open_job) == [1]
+    store.check_again(open_job, 60, requeued=1)
+    assert open_job not in store.claim_due_checks()  # watched again, not yet due
+    assert redis_client.hget(record_key(open_job), "requeues") == b"1"

@@ -85,7 +85,7 @@ class WebhookScheduler(bootsteps.StartStopStep):
     def _run(self, app: Any) -> None:
         from workers.celery_app import settings
         from workers.reaper import reap
-        from workers.webhooks import job_store, webhook_queue
+        from workers.webhooks import job_store, redis_client, webhook_queue
 
         next_reap = 0.0
         while not self._stop.wait(self.interval_s):
@@ -94,6 +94,6 @@ class WebhookScheduler(bootsteps.StartStopStep):
                     app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=WEBHOOKS_QUEUE)
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.reap_interval_s
-                    reap(app, job_store, settings)
+                    reap(app, job_store, redis_client, settings)
             except (redis.RedisError, OSError, OperationalError) as exc:
                 logger.warning("housekeeping: %s", exc)

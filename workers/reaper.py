@@ -1,17 +1,19 @@
 """The reaper: no accepted job stays ``queued`` or ``running`` for ever.
 
-Celery's late acks cover a prediction worker that dies: its unacknowledged messages come back
-after the visibility timeout. Two cases are left that only a watcher outside the dead worker
-can close:
+Celery's late acks cover a prediction worker that dies holding messages: they come back after
+the visibility timeout. Three cases are left that only a watcher outside the dead worker can
+close:
 
 * a fine-tune or export acked at its start whose worker died: its heartbeat stops, and the
   job fails with ``worker_lost`` (``JobStore.reap``), since retrying a job that may have killed
   its worker is the client's call;
-* a predict job still open ``IMGQ_PREDICT_DEADLINE_S`` after it was accepted, whatever the
-  cause (a message lost with a Redis that had not yet written it, a frozen worker): its images
-  without a result are sent again ``IMGQ_PREDICT_REQUEUES`` times, a deadline apart, and then
-  the job fails with ``deadline_exceeded``. A re-sent image that also arrives the first way is
-  harmless: a stored prediction is never overwritten.
+* a predict image whose message is gone: kombu takes a message off the queue and records it
+  as unacknowledged in two steps, and a worker killed between them loses it. Every
+  ``IMGQ_PREDICT_CHECK_INTERVAL_S`` an open job's images without a result are looked for in
+  the queue and in the workers' unacknowledged messages; those found nowhere are sent again.
+  A duplicate is harmless (a stored prediction is never overwritten), a lost image is not;
+* a predict job still open ``IMGQ_PREDICT_DEADLINE_S`` after it was accepted (a backlog no
+  worker drains, a model that never loads): it fails with ``deadline_exceeded``.
 
 Claims are atomic in Redis, so every webhooks worker can run this loop side by side.
 """
@@ -19,53 +21,64 @@ Claims are atomic in Redis, so every webhooks worker can run this loop side by s
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from celery import Celery
 
 from imgq.jobs import JobStatus, JobStore
+from imgq.queued_messages import PendingWork, pending_work
 from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, PREDICT_QUEUE
 from imgq.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def reap(app: Celery, job_store: JobStore, settings: Settings) -> None:
-    """One sweep: fail long jobs whose worker died, requeue or fail overdue predict jobs."""
+def reap(app: Celery, job_store: JobStore, client: redis.Redis, settings: Settings) -> None:
+    """One sweep: fail long jobs whose worker died; resend lost images; fail overdue jobs."""
     for job_id in job_store.reap(settings.train_heartbeat_timeout_s):
         logger.warning("reaped a job whose worker died", extra={"job_id": job_id})
-    for job_id in job_store.claim_overdue():
-        _handle_overdue(app, job_store, settings, job_id)
+    due = job_store.claim_due_checks()
+    if not due:
+        return
+    pending = pending_work(client, PREDICT_QUEUE, settings.predict_check_scan_limit)
+    for job_id in due:
+        _check(app, job_store, settings, job_id, pending)
 
 
-def _handle_overdue(app: Celery, job_store: JobStore, settings: Settings, job_id: str) -> None:
+def _check(
+    app: Celery, job_store: JobStore, settings: Settings, job_id: str, pending: PendingWork | None
+) -> None:
     fields = job_store.fields(job_id)
     if not fields or JobStatus(fields["status"]).is_terminal:
         return
     deadline_s = float(fields.get("deadline_s", settings.predict_deadline_s))
-    if int(fields.get("requeues", "0")) >= settings.predict_requeues:
+    if time.time() - float(fields["created_at"]) >= deadline_s:
         error = {
             "code": "deadline_exceeded",
-            "message": (
-                f"The job did not finish within {deadline_s:g} s, even after being requeued; "
-                "submit it again."
-            ),
+            "message": f"The job did not finish within {deadline_s:g} s; submit it again.",
         }
         if job_store.fail(job_id, error):
             logger.error("failed an overdue job", extra={"job_id": job_id})
         return
+    lost: list[int] = []
+    if pending is not None:  # else the queue is too long to scan: look next time
+        if fields.get("explain"):
+            lost = [] if job_id in pending.explained_jobs else [-1]
+        else:
+            lost = [
+                i for i in job_store.missing_images(job_id) if (job_id, i) not in pending.images
+            ]
     # Watch again first: if this process dies before sending, the next sweep comes back.
-    requeues = job_store.extend_deadline(job_id, deadline_s)
+    job_store.check_again(job_id, settings.predict_check_interval_s, requeued=len(lost))
+    if not lost:
+        return
     if fields.get("explain"):
         app.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
-        missing = [-1]
     else:
-        missing = job_store.missing_images(job_id)
         with app.producer_or_acquire() as producer:
-            for index in missing:
+            for index in lost:
                 app.send_task(
                     PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
                 )
-    logger.warning(
-        "requeued an overdue job",
-        extra={"job_id": job_id, "requeues": requeues, "images": len(missing)},
-    )
+    logger.warning("resent lost messages", extra={"job_id": job_id, "images": len(lost)})

@@ -28,9 +28,9 @@ from workers.metrics import WEBHOOK_ATTEMPTS
 
 logger = logging.getLogger(__name__)
 
-_redis = redis.Redis.from_url(settings.redis_url)
-job_store = JobStore(_redis, settings.job_ttl_s)
-webhook_queue = WebhookQueue(_redis, settings.job_ttl_s)
+redis_client = redis.Redis.from_url(settings.redis_url)
+job_store = JobStore(redis_client, settings.job_ttl_s)
+webhook_queue = WebhookQueue(redis_client, settings.job_ttl_s)
 USER_AGENT = "imgq-webhooks/1"
 
 
