@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
 from imgq.jobs import JobStatus, JobType
@@ -10,10 +14,27 @@ MAX_TOP_K = 1000
 """Largest ``top_k`` accepted; a model's own class count caps what is returned."""
 
 
+class WholeNumber(fields.Integer):
+    """An integer field that refuses fractions (``2.5``, ``2.0``) instead of truncating them.
+
+    ``fields.Integer`` turns a JSON ``2.5`` into ``2`` without a word, so a client's mistake runs
+    as a request it did not make. ``strict=True`` would refuse it but also the string ``"3"``,
+    and every multipart form value arrives as a string; so strings still parse as integers
+    (``"2.5"`` does not parse) and only numbers that are not whole are refused.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> int:
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class PredictOptionsSchema(Schema):
     """Options of a predict job, shared by the JSON and multipart forms."""
 
-    top_k = fields.Integer(
+    top_k = WholeNumber(
         validate=validate.Range(min=1, max=MAX_TOP_K),
         metadata={"description": "Labels returned per image (default 5)."},
     )
@@ -21,7 +42,7 @@ class PredictOptionsSchema(Schema):
         validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,62}$"),
         metadata={"description": "Model name (default: the built-in `imagenet`)."},
     )
-    version = fields.Integer(
+    version = WholeNumber(
         validate=validate.Range(min=1),
         metadata={"description": "Model version (default: the model's active version)."},
     )

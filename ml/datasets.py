@@ -22,7 +22,7 @@ before anything is extracted and the worker gets the same answer after extractio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,3 +321,50 @@ def load_split(
         labels[count] = label
         count += 1
     return images[:count], labels[:count], skipped
+
+
+def check_decoded_classes(
+    layout: DatasetLayout,
+    labels: Mapping[str, NDArray[np.int32]],
+    min_images_per_class: int,
+    skipped: Sequence[Mapping[str, str]],
+) -> None:
+    """Refuse a dataset that skipping its undecodable files left without enough images.
+
+    ``layout_from_paths`` judges files by name; only decoding finds that a ``.jpg`` is not an
+    image, and ``load_split`` skips such files. Without them a class may fall under the rules
+    the listing check enforced (``min_images_per_class`` in all, at least one image in each
+    split), and training would then crash on an empty split or learn a class from nothing. The
+    same rules are applied again to what decoded, so the job fails as an invalid dataset that
+    names the classes left short instead of as a training crash.
+
+    Args:
+        layout: the dataset's layout.
+        labels: the labels of each split's decoded images, as ``load_split`` returns them.
+        min_images_per_class: fewest images a class may have, all splits together.
+        skipped: the files that did not decode, as ``load_split`` reports them.
+
+    Raises:
+        InvalidDataset: some class is left short; ``details`` gives each such class's decoded
+            images per split and the first skipped files.
+    """
+    counts = {split: np.bincount(labels[split], minlength=len(layout.classes)) for split in SPLITS}
+    short: dict[str, dict[str, int]] = {}
+    for index, name in enumerate(layout.classes):
+        per_split = {split: int(counts[split][index]) for split in SPLITS}
+        if min(per_split.values()) < 1 or sum(per_split.values()) < min_images_per_class:
+            short[name] = per_split
+    if not short:
+        return
+    raise InvalidDataset(
+        f"{len(skipped)} files are not readable images; without them, "
+        f"{', '.join(map(repr, short))} {'is' if len(short) == 1 else 'are'} left with too few "
+        f"images (a class needs {min_images_per_class} in all and one in each of "
+        f"{', '.join(SPLITS)}).",
+        {
+            "classes": short,
+            "minimum": min_images_per_class,
+            "skipped_count": len(skipped),
+            "skipped": list(skipped[:10]),
+        },
+    )

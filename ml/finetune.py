@@ -25,7 +25,13 @@ from numpy.typing import NDArray
 from imgq.errors import ImgqError
 from ml.archive import ArchiveLimits, extract_archive
 from ml.backbones import BACKBONES, WeightSources, load_backbone
-from ml.datasets import DatasetLayout, dataset_fingerprint, layout_from_paths, load_split
+from ml.datasets import (
+    DatasetLayout,
+    check_decoded_classes,
+    dataset_fingerprint,
+    layout_from_paths,
+    load_split,
+)
 from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
 from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
 from ml.preprocess import ImageLimits
@@ -95,7 +101,12 @@ def resolve_backbone(request: FinetuneRequest, registry: ModelRegistry) -> tuple
 
 
 def load_splits(request: FinetuneRequest, root: Path, image_size: int) -> Splits:
-    """Extract the archive, lay out the splits and decode every image."""
+    """Extract the archive, lay out the splits and decode every image.
+
+    Raises:
+        InvalidDataset: the listing breaks the dataset rules, or breaks them once the files
+            that do not decode are skipped.
+    """
     written = extract_archive(request.archive, root, request.archive_limits)
     relative = [path.relative_to(root).as_posix() for path in written]
     layout = layout_from_paths(relative, request.min_images_per_class, request.config.seed)
@@ -104,6 +115,8 @@ def load_splits(request: FinetuneRequest, root: Path, image_size: int) -> Splits
         images, labels, bad = load_split(root, items, image_size, request.image_limits)
         arrays[split] = (images, labels)
         skipped.extend(bad)
+    labels_by_split = {split: labels for split, (_, labels) in arrays.items()}
+    check_decoded_classes(layout, labels_by_split, request.min_images_per_class, skipped)
     return Splits(layout, arrays, skipped)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api.app import create_app
+from api.errors import server_error_response
 from imgq.settings import Settings
 from tests.conftest import KEYS, jpeg_bytes
 
@@ -74,6 +76,10 @@ def test_malformed_predict_requests(
         ({"top_k": 0}, (422, "validation_error")),
         ({"top_k": 100000}, (422, "validation_error")),
         ({"top_k": "five"}, (422, "validation_error")),
+        ({"top_k": 2.5}, (422, "validation_error")),  # not truncated to 2
+        ({"top_k": 3.0}, (422, "validation_error")),
+        ({"top_k": True}, (422, "validation_error")),
+        ({"version": 1.9}, (422, "validation_error")),
         ({"surprise": 1}, (422, "validation_error")),
         ({"model": "no-such-model"}, (404, "model_not_found")),
         ({"model": "../../etc"}, (422, "validation_error")),
@@ -88,6 +94,70 @@ def test_bad_options_are_rejected(
 ) -> None:
     response = client.post("/jobs/predict", json={"images": [_b64(small_jpeg)], **options})
     assert _error(response) == expected
+
+
+def test_form_values_are_strings_and_whole_numbers_still_parse(
+    client: FlaskClient, small_jpeg: bytes
+) -> None:
+    def post(top_k: str) -> TestResponse:
+        form = {"image": (io.BytesIO(small_jpeg), "a.jpg"), "top_k": top_k}
+        return client.post("/jobs/predict", data=form, content_type="multipart/form-data")
+
+    assert post("3").status_code == 202
+    assert _error(post("2.5")) == (422, "validation_error")
+
+
+DEEP_JSON = b"[" * 100_000
+"""Nested far past Python's recursion limit: ``json`` raises RecursionError, not ValueError."""
+
+
+@pytest.mark.parametrize("path", ["/jobs/predict", "/models/imagenet/versions/1/exports"])
+def test_json_nested_too_deeply_is_invalid_request(client: FlaskClient, path: str) -> None:
+    response = client.post(path, data=DEEP_JSON, content_type="application/json")
+    assert _error(response) == (400, "invalid_request")
+    assert "nests too deeply" in response.get_json()["error"]["message"]
+
+
+def test_a_recursion_error_outside_json_parsing_stays_a_500(settings: Settings) -> None:
+    app = create_app(settings)
+
+    def countdown(depth: int) -> int:
+        return countdown(depth + 1) + 1
+
+    app.add_url_rule("/recurse", "recurse", lambda: str(countdown(0)))
+    response = app.test_client().get(
+        "/recurse", headers={"Authorization": f"Bearer {KEYS['admin']}"}
+    )
+    assert _error(response) == (500, "internal_error")
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "code"),
+    [
+        (414, "URI Too Long", "uri_too_long"),
+        (431, "Request Header Fields Too Large", "headers_too_large"),
+        (400, "Bad Request", "invalid_request"),
+        (403, "Forbidden", "forbidden"),
+    ],
+)
+def test_the_servers_own_errors_are_json_envelopes(status: int, reason: str, code: str) -> None:
+    raw = server_error_response(status, reason, "Request Line is too large (5000 > 4094)")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == f"HTTP/1.1 {status} {reason}"
+    assert "Content-Type: application/json" in lines
+    assert f"Content-Length: {len(body)}" in lines
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert error["details"] == {"reason": "Request Line is too large (5000 > 4094)"}
+
+
+def test_the_servers_own_500_leaks_no_detail() -> None:
+    body = server_error_response(500, "Internal Server Error", "secret").partition(b"\r\n\r\n")[2]
+    assert json.loads(body) == {
+        "error": {"code": "internal_error", "message": "An unexpected error occurred."}
+    }
 
 
 def test_too_many_images(client: FlaskClient, small_jpeg: bytes) -> None:

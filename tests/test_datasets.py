@@ -15,6 +15,7 @@ from ml.datasets import (
     SPLITS,
     DatasetLayout,
     InvalidDataset,
+    check_decoded_classes,
     dataset_fingerprint,
     layout_from_paths,
     load_split,
@@ -224,6 +225,70 @@ def test_load_split_skips_and_reports_unreadable_images(tmp_path: Path) -> None:
     assert skipped[0]["path"] == "cats/broken.jpg"
     assert skipped[0]["code"] == "invalid_image"
     assert skipped[0]["message"]
+
+
+def _decode_all(
+    root: Path, layout: DatasetLayout
+) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
+    labels, skipped = {}, []
+    for split in SPLITS:
+        _, labels[split], bad = load_split(root, layout.splits[split], 8, IMAGE_LIMITS)
+        skipped.extend(bad)
+    return labels, skipped
+
+
+def test_a_dataset_whose_files_all_fail_to_decode_is_refused_naming_every_class(
+    tmp_path: Path,
+) -> None:
+    paths = _flat(5, ("cats", "dogs"))
+    for path in paths:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"this is not a jpeg " * 20)
+    layout = layout_from_paths(paths, 5, seed=0)
+    labels, skipped = _decode_all(tmp_path, layout)
+    with pytest.raises(InvalidDataset) as caught:
+        check_decoded_classes(layout, labels, 5, skipped)
+    error = caught.value
+    assert error.code == "invalid_dataset"
+    assert "'cats', 'dogs'" in error.message
+    assert error.details["classes"] == {name: dict.fromkeys(SPLITS, 0) for name in ("cats", "dogs")}
+    assert (error.details["minimum"], error.details["skipped_count"]) == (5, 10)
+    assert len(error.details["skipped"]) == 10
+
+
+def test_a_class_left_without_a_test_image_after_skipping_is_refused_alone(
+    tmp_path: Path,
+) -> None:
+    layout = layout_from_paths(_write_dataset(tmp_path, per_class=4), 3, seed=0)
+    (broken,) = [path for path, label in layout.splits["test"] if layout.classes[label] == "dogs"]
+    (tmp_path / broken).write_bytes(b"truncated")
+    labels, skipped = _decode_all(tmp_path, layout)
+    with pytest.raises(InvalidDataset) as caught:
+        check_decoded_classes(layout, labels, 3, skipped)
+    assert list(caught.value.details["classes"]) == ["dogs"]
+    assert caught.value.details["classes"]["dogs"]["test"] == 0
+    assert caught.value.details["skipped"][0]["path"] == broken
+
+
+def test_a_skipped_file_that_leaves_every_class_enough_is_accepted(tmp_path: Path) -> None:
+    layout = layout_from_paths(_write_dataset(tmp_path, per_class=6), 3, seed=0)
+    broken = next(path for path, label in layout.splits["train"] if label == 0)
+    (tmp_path / broken).write_bytes(b"truncated")
+    labels, skipped = _decode_all(tmp_path, layout)
+    assert [item["path"] for item in skipped] == [broken]
+    check_decoded_classes(layout, labels, 3, skipped)  # 5 cats left, in every split
+
+
+def test_a_class_under_the_minimum_after_skipping_is_refused(tmp_path: Path) -> None:
+    layout = layout_from_paths(_write_dataset(tmp_path, per_class=6), 6, seed=0)
+    broken = next(path for path, label in layout.splits["train"] if label == 1)
+    (tmp_path / broken).write_bytes(b"truncated")
+    labels, skipped = _decode_all(tmp_path, layout)
+    with pytest.raises(InvalidDataset) as caught:
+        check_decoded_classes(layout, labels, 6, skipped)
+    counts = caught.value.details["classes"]
+    assert list(counts) == [layout.classes[1]]
+    assert sum(counts[layout.classes[1]].values()) == 5
 
 
 def _zip_dataset(path: Path, members: dict[str, bytes]) -> Path:
