@@ -37,7 +37,8 @@ def test_receiver_down_for_the_whole_window(
     for job_id in job_ids:
         while True:
             document = http.get(f"{api_server}/jobs/{job_id}").json()
-            if document["webhook"]["state"] == "failed" or time.monotonic() > deadline:
+            webhook = document["webhook"] or {}  # none until the first attempt is scheduled
+            if webhook.get("state") == "failed" or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert document["webhook"]["state"] == "failed", document["webhook"]
