@@ -10,9 +10,9 @@ from marshmallow import Schema, fields, validate
 
 from api.auth import current_client
 from api.models import blp
-from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
+from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
-from api.submission import enqueue_or_undo
+from api.submission import PREFER_PARAMETER, enqueue_or_undo
 from imgq.errors import NotFound
 from imgq.jobs import new_job_id
 from imgq.queueing import EXPORT_TASK, TRAIN_QUEUE
@@ -50,8 +50,12 @@ class ExportNotFound(NotFound):
 @blp.route("/<string:name>/versions/<int:version>/exports", methods=["POST"])
 @blp.arguments(ExportRequestSchema)
 @blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="The job ended within `Prefer: wait=N`.")
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
-def request_export(body: dict[str, Any], name: str, version: int) -> tuple[Any, int, Any]:
+@blp.doc(parameters=[PREFER_PARAMETER])
+def request_export(
+    body: dict[str, Any], name: str, version: int
+) -> tuple[Any, int, Any] | Response:
     """Queue an export job; when it succeeds, download the file from ``.../exports/<format>``."""
     svc = services()
     svc.registry.get(name, version)

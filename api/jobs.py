@@ -74,7 +74,13 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     finally:
         if event is not None:
             svc.waiters.unregister(job_id, event)
-    return {**document, "webhook": _public_webhook(svc.webhooks.state(job_id))}
+    return with_webhook(document)
+
+
+def with_webhook(document: dict[str, Any]) -> dict[str, Any]:
+    """A job document as clients read it: with its webhook's delivery state, if any."""
+    state = services().webhooks.state(document["id"])
+    return {**document, "webhook": _public_webhook(state)}
 
 
 def _public_webhook(state: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -135,12 +135,16 @@ class JobSchema(Schema):
     error = fields.Nested(ErrorBodySchema, allow_none=True)
 
 
+MAX_WAIT_S = 60
+"""Longest a request may be held for a job to end (``?wait=`` and ``Prefer: wait=``)."""
+
+
 class JobQuerySchema(Schema):
     """Query of ``GET /jobs/<id>``."""
 
     wait = fields.Float(
         load_default=0.0,
-        validate=validate.Range(min=0, max=60),
+        validate=validate.Range(min=0, max=MAX_WAIT_S),
         metadata={"description": "Seconds to hold the request until the job ends (long poll)."},
     )
 

@@ -3,18 +3,26 @@
 If the broker cannot take the message, the job record, its idempotency claim and any upload
 are removed and the client gets a ``503``: a ``202`` is only ever sent for a job that is both
 stored and queued.
+
+A client that would rather have the result in the same round trip sends ``Prefer: wait=N``
+(RFC 7240): the answer is held until the job ends (``200`` with the whole job, and
+``Preference-Applied``) or ``N`` seconds pass (the usual ``202``). It saves the follow-up
+``GET`` of a short job: one request instead of two for the client and the API.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from flask import url_for
+from flask import Response, jsonify, request, url_for
 from flask_smorest import Blueprint
 
 from api.idempotency import release_claim
+from api.jobs import with_webhook
 from api.metrics import JOBS_SUBMITTED
+from api.schemas import MAX_WAIT_S, JobSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
 from imgq.jobs import JobStatus
@@ -27,14 +35,19 @@ def submission_endpoint(
     blp: Blueprint, path: str, body: dict[str, Any]
 ) -> Callable[[Callable[..., Any]], Any]:
     """Route and document a ``POST`` that creates a job (202, or 200 for an idempotent replay)."""
-    from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
+    from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
 
     def decorate(view: Callable[..., Any]) -> Any:
         for status in ERROR_STATUSES:
             view = blp.alt_response(status, schema=ErrorEnvelopeSchema)(view)
         view = blp.alt_response(
-            200, schema=JobSchema, description="An Idempotency-Key replay: the earlier job."
+            200,
+            schema=JobSchema,
+            description=(
+                "The job ended within `Prefer: wait=N`, or an Idempotency-Key replay: the job."
+            ),
         )(view)
+        view = blp.doc(parameters=[PREFER_PARAMETER])(view)
         view = blp.response(
             202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}}
         )(view)
@@ -44,20 +57,62 @@ def submission_endpoint(
     return decorate
 
 
+PREFER_PARAMETER = {
+    "in": "header",
+    "name": "Prefer",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": (
+        "`wait=N` (RFC 7240): hold the answer up to N seconds (at most 60) for the job to end; "
+        "200 with the job if it did, else the usual 202."
+    ),
+}
+
+
+def preferred_wait_s() -> float:
+    """Seconds from the request's ``Prefer: wait=N``; 0 when absent or not a number."""
+    for preference in request.headers.get("Prefer", "").split(","):
+        name, _, value = preference.partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return 0.0
+            return min(max(seconds, 0.0), MAX_WAIT_S) if math.isfinite(seconds) else 0.0
+    return 0.0
+
+
 def enqueue_or_undo(
     job_id: str,
     job_type: str,
     send: Callable[[], object],
     undo: Callable[[], object] = lambda: None,
-) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Run ``send``; on failure undo everything and answer 503, else answer 202 with Location."""
+) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
+    """Run ``send``; on failure undo everything and answer 503, else answer 202 with Location.
+
+    With ``Prefer: wait=N``, the job's end is awaited first (see the module docstring).
+    """
+    svc = services()
+    wait_s = preferred_wait_s()
+    event = svc.waiters.register(job_id) if wait_s else None  # before sending: no lost wake-up
     try:
-        send()
-    except Exception as exc:
-        services().jobs.delete(job_id)
-        release_claim()
-        undo()
-        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-    JOBS_SUBMITTED.labels(job_type).inc()
-    location = url_for("jobs.get_job", job_id=job_id)
+        try:
+            send()
+        except Exception as exc:
+            svc.jobs.delete(job_id)
+            release_claim()
+            undo()
+            raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+        JOBS_SUBMITTED.labels(job_type).inc()
+        location = url_for("jobs.get_job", job_id=job_id)
+        if event is not None and event.wait(wait_s):
+            document = svc.jobs.get(job_id)
+            if document is not None and document["status"].is_terminal:
+                response = jsonify(JobSchema().dump(with_webhook(document)))
+                response.headers["Location"] = location
+                response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+                return response
+    finally:
+        if event is not None:
+            svc.waiters.unregister(job_id, event)
     return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}

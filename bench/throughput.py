@@ -3,11 +3,12 @@
 Starts Redis, the API (gunicorn) and one prediction worker on this machine, then prints:
 
 1. raw: images/s of the same classifier in this process on the same JPEG bytes (decode with
-   the worker's decoder threads, then predict) at several batch sizes, and the single-image
-   latency;
-2. end-to-end: jobs/s through HTTP (submit, then long-poll until the job ends) at several
-   concurrencies, one image per job, with p50/p95/p99 latency from submit to result stored
-   (the job record's ``created_at`` to ``finished_at``);
+   the worker's decoder threads, then predict, with the worker's inference lanes) at several
+   batch sizes, and the single-image latency;
+2. end-to-end: jobs/s through HTTP (submit with ``Prefer: wait=30``, which answers with the
+   finished job, else long-poll until the job ends) at several concurrencies, one image per
+   job, with p50/p95/p99 latency from submit to result stored (the job record's
+   ``created_at`` to ``finished_at``);
 3. the same with batching off (the worker restarted with ``IMGQ_MAX_BATCH_SIZE=1``);
 4. the ratios end-to-end / raw and batched / unbatched, the idle overhead (p50 at concurrency 1
    minus the raw single-image latency), and the batch sizes the worker actually ran.
@@ -73,6 +74,7 @@ def measure_raw(
     from ml.classifier import load_classifier
     from ml.preprocess import ImageLimits, decode_image
     from ml.registry import ModelRegistry
+    from ml.runtime import inference_lanes
 
     registry = ModelRegistry(settings.model_store)
     version = registry.get(settings.default_model)
@@ -81,6 +83,8 @@ def measure_raw(
         registry.local_version_dir(version.name, version.version),
         settings.weights_dir,
         max(batch_sizes),
+        lanes=inference_lanes(settings.inference_lanes),  # the worker's runtime, exactly
+        lane_batch=settings.lane_batch_size,
     )
     classifier.warm_up()
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
@@ -133,18 +137,17 @@ def run_level(
             response = session.post(
                 f"{base}/jobs/predict",
                 files={"image": ("cat.jpg", image, "image/jpeg")},
-                timeout=30,
+                headers={"Prefer": "wait=30"},  # the finished job in the same round trip
+                timeout=40,
             )
-            if response.status_code != 202:
+            if response.status_code not in (200, 202):
                 failures.append(response.text)
                 continue
-            job_id = response.json()["id"]
-            while True:
+            document = response.json()
+            while document["status"] not in ("succeeded", "failed"):
                 document = session.get(
-                    f"{base}/jobs/{job_id}", params={"wait": 30}, timeout=40
+                    f"{base}/jobs/{document['id']}", params={"wait": 30}, timeout=40
                 ).json()
-                if document["status"] in ("succeeded", "failed"):
-                    break
             done = time.monotonic()
             if document["status"] != "succeeded":
                 failures.append(str(document["error"]))
@@ -354,6 +357,14 @@ def main() -> int:
     print(
         f"  end-to-end / raw at {top} clients: {e2e_top.jobs_per_s / raw[best_size]:.2f} "
         f"({e2e_top.jobs_per_s:.1f} / {raw[best_size]:.1f}, raw best at batch {best_size})"
+    )
+    worker_cores = cpu["worker"]
+    per_core_raw = raw[best_size] / (os.cpu_count() or 1)
+    print(
+        f"  per core: end-to-end {e2e_top.jobs_per_s / worker_cores:.1f} img/s per worker core "
+        f"/ raw {per_core_raw:.1f} img/s per core = "
+        f"{e2e_top.jobs_per_s / worker_cores / per_core_raw:.2f}; the worker had "
+        f"{worker_cores:.2f} of {os.cpu_count()} cores, the API, Redis and clients the rest"
     )
     print(f"  batched / unbatched at {top} clients: {e2e_top.jobs_per_s / off_top.jobs_per_s:.2f}")
     print(

@@ -7,6 +7,7 @@ compiled graph is traced once per size at warm-up and never again while serving.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,15 @@ class Prediction:
 class Classifier:
     """Serves one model version: uint8 images in, class probabilities out."""
 
-    def __init__(self, version: ModelVersion, model: keras.Model, max_batch: int) -> None:
+    def __init__(
+        self,
+        version: ModelVersion,
+        model: keras.Model,
+        max_batch: int,
+        *,
+        lanes: int = 1,
+        lane_batch: int = 4,
+    ) -> None:
         self.version = version
         self.model = model
         self.labels: tuple[str, ...] = (
@@ -58,6 +67,9 @@ class Classifier:
             input_signature=[tf.TensorSpec([None, *self.image_size, 3], tf.uint8)],
             reduce_retracing=True,
         )
+        self.lanes = lanes
+        self.lane_batch = min(lane_batch, max_batch)
+        self._lanes = ThreadPoolExecutor(lanes, thread_name_prefix="lane") if lanes > 1 else None
 
     def warm_up(self) -> None:
         """Run every bucket size once so no request pays for graph building."""
@@ -65,18 +77,29 @@ class Classifier:
             self.predict_proba(np.zeros((size, *self.image_size, 3), np.uint8))
 
     def predict_proba(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """Class probabilities for a stack of ``(n, h, w, 3)`` images, in chunks of buckets."""
-        outputs = []
-        largest = self.buckets[-1]
-        for start in range(0, len(images), largest):
-            chunk = images[start : start + largest]
-            bucket = next(size for size in self.buckets if size >= len(chunk))
-            padded = chunk
-            if bucket > len(chunk):
-                padding = np.zeros((bucket - len(chunk), *chunk.shape[1:]), np.uint8)
-                padded = np.concatenate([chunk, padding])
-            outputs.append(np.asarray(self._forward(tf.constant(padded)))[: len(chunk)])
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.labels)), np.float32)
+        """Class probabilities for a stack of ``(n, h, w, 3)`` images.
+
+        With one lane, in chunks of the largest bucket; with several (a CPU, see
+        ``ml.runtime``), in pieces of at most ``lane_batch`` images run side by side, since a
+        CPU runs small batches faster per image (their activations stay in cache).
+        """
+        if not len(images):
+            return np.zeros((0, len(self.labels)), np.float32)
+        if self._lanes is None:
+            largest = self.buckets[-1]
+            starts = range(0, len(images), largest)
+            return np.concatenate([self._run_bucketed(images[i : i + largest]) for i in starts])
+        pieces = max(-(-len(images) // self.lane_batch), self.lanes)  # ceil division
+        return np.concatenate(list(self._lanes.map(self._run_bucketed, _split(images, pieces))))
+
+    def _run_bucketed(self, chunk: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """One forward pass, padded up to the nearest bucket size."""
+        bucket = next(size for size in self.buckets if size >= len(chunk))
+        padded = chunk
+        if bucket > len(chunk):
+            padding = np.zeros((bucket - len(chunk), *chunk.shape[1:]), np.uint8)
+            padded = np.concatenate([chunk, padding])
+        return np.asarray(self._forward(tf.constant(padded)))[: len(chunk)]
 
     def top_k(self, probabilities: NDArray[np.float32], k: int) -> list[list[Prediction]]:
         """The ``k`` most likely labels for each row, best first."""
@@ -88,12 +111,20 @@ class Classifier:
         ]
 
 
+def _split(chunk: NDArray[np.uint8], parts: int) -> list[NDArray[np.uint8]]:
+    """``chunk`` in up to ``parts`` near-equal, non-empty pieces, in order."""
+    return [piece for piece in np.array_split(chunk, min(parts, len(chunk))) if len(piece)]
+
+
 def load_classifier(
     version: ModelVersion,
     version_dir: Path,
     weights_dir: Path,
     max_batch: int,
     lite_checkpoint: Path | None = None,
+    *,
+    lanes: int = 1,
+    lane_batch: int = 4,
 ) -> Classifier:
     """Load a registered version from the store (or pretrained weights, for built-ins)."""
     model: Any
@@ -104,4 +135,4 @@ def load_classifier(
     else:
         model = keras.saving.load_model(version_dir / "model.keras", compile=False)
     logger.info("loaded model %s v%s", version.name, version.version)
-    return Classifier(version, model, max_batch)
+    return Classifier(version, model, max_batch, lanes=lanes, lane_batch=lane_batch)

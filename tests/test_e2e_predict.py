@@ -61,6 +61,32 @@ def test_several_images_as_base64_json_come_back_in_request_order(
     assert [p["score"] for p in third] == pytest.approx([p["score"] for p in first], abs=1e-4)
 
 
+def test_prefer_wait_answers_with_the_finished_job_in_one_round_trip(
+    api_server: str, predict_worker: Service, cat_jpeg: bytes
+) -> None:
+    files = {"image": ("cat.jpg", cat_jpeg, "image/jpeg")}
+    response = http.post(
+        f"{api_server}/jobs/predict", files=files, headers={"Prefer": "wait=20"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded"
+    assert job["result"]["predictions"][0][0]["index"] in CAT_CLASSES
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    assert response.headers["Preference-Applied"] == "wait=20"
+    assert http.get(f"{api_server}/jobs/{job['id']}").json()["result"] == job["result"]
+
+
+@pytest.mark.parametrize("prefer", ["wait=abc", "respond-async", "wait=nan", "wait=-5", ""])
+def test_prefer_without_a_usable_wait_is_an_ordinary_202(
+    api_server: str, predict_worker: Service, cat_jpeg: bytes, prefer: str
+) -> None:
+    files = {"image": ("cat.jpg", cat_jpeg, "image/jpeg")}
+    response = http.post(f"{api_server}/jobs/predict", files=files, headers={"Prefer": prefer})
+    assert response.status_code == 202, response.text
+    assert "Preference-Applied" not in response.headers
+
+
 def test_unknown_job_id_is_a_json_404(api_server: str) -> None:
     response = http.get(f"{api_server}/jobs/does-not-exist", timeout=5)
     assert response.status_code == 404

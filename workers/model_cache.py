@@ -77,6 +77,7 @@ class ModelCache:
 
     def _load(self, model: str, version: int) -> Classifier:
         from ml.classifier import load_classifier  # TensorFlow loads here, never before a fork
+        from ml.runtime import inference_lanes
 
         meta = self.registry.get(model, version)
         try:
@@ -86,6 +87,8 @@ class ModelCache:
                 self._settings.weights_dir,
                 self._settings.max_batch_size,
                 self._settings.efficientnet_lite_checkpoint,
+                lanes=inference_lanes(self._settings.inference_lanes),
+                lane_batch=self._settings.lane_batch_size,
             )
             classifier.warm_up()
         except ImgqError:
