@@ -4,7 +4,8 @@ Under gunicorn the counters live in per-process files (see ``api.gunicorn_conf``
 summed at scrape time. Queue depth is read from Redis at scrape time rather than kept in a
 gauge, so it is right whichever process answers: ``imgq_queue_depth`` is what waits in each
 list (what KEDA sees), ``imgq_queue_unacked`` what workers hold without having acknowledged
-(prefetched or running), which KEDA cannot see.
+(prefetched or running), which KEDA cannot see. Two counters kept in Redis by every worker show
+at-least-once delivery at work: results computed twice and discarded, and lost images resent.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from api.services import services
+from imgq.job_scripts import REDUNDANT_RESULTS, RESENT_IMAGES
 from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
 
 JOBS_SUBMITTED = Counter("imgq_jobs_submitted_total", "Jobs accepted (202).", ["type"])
@@ -44,7 +46,7 @@ class QueueDepthCollector(Collector):
     def __init__(self, broker: redis.Redis) -> None:
         self._broker = broker
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """One sample per queue; nothing when the broker is unreachable."""
         depth = GaugeMetricFamily(
             "imgq_queue_depth", "Messages waiting in each queue.", labels=["queue"]
@@ -57,7 +59,8 @@ class QueueDepthCollector(Collector):
             for queue in (PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE):
                 pipe.llen(queue)
             pipe.hlen("unacked")
-            *lengths, held = pipe.execute()
+            pipe.mget([REDUNDANT_RESULTS, RESENT_IMAGES])
+            *lengths, held, (redundant, resent) = pipe.execute()
         except redis.RedisError:
             return
         for queue, length in zip(
@@ -67,6 +70,16 @@ class QueueDepthCollector(Collector):
         unacked.add_metric([], held)
         yield depth
         yield unacked
+        yield CounterMetricFamily(
+            "imgq_redundant_results",
+            "Image results computed again after a redelivery and discarded (never stored).",
+            value=int(redundant or 0),
+        )
+        yield CounterMetricFamily(
+            "imgq_resent_images",
+            "Images the reaper sent again because their message was lost.",
+            value=int(resent or 0),
+        )
 
 
 @blp.route("/metrics")

@@ -11,6 +11,10 @@ WEBHOOKS_SCHEDULED = "imgq:webhooks:scheduled"
 """Sorted set of job ids whose webhook is due, scored by due time."""
 HEARTBEATS = "imgq:jobs:heartbeats"
 """Sorted set of running long jobs (fine-tunes, exports), scored by their last heartbeat."""
+REDUNDANT_RESULTS = "imgq:stats:redundant-results"
+"""Counter of image results computed again (a redelivered message) and discarded."""
+RESENT_IMAGES = "imgq:stats:resent-images"
+"""Counter of images the reaper sent again because their message was lost."""
 PREDICT_CHECKS = "imgq:jobs:predict-checks"
 """Sorted set of open predict jobs, scored by when the reaper next looks at them."""
 
@@ -45,8 +49,18 @@ STORE_PREDICTION = (
 -- Stores one image's predictions once (HSETNX: a redelivered message cannot overwrite a stored
 -- result); when the last image lands, assembles the result, marks the job succeeded, announces
 -- it and returns its created_at (else 0: job over or gone, 1: stored, not the last).
-if ended(redis.call('HGET', KEYS[1], 'status')) then return 0 end
-redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+if ended(redis.call('HGET', KEYS[1], 'status')) then
+  redis.call('INCR', '"""
+    + REDUNDANT_RESULTS
+    + """')
+  return 0
+end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
+  redis.call('INCR', '"""
+    + REDUNDANT_RESULTS
+    + """')
+  return 1
+end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 local count = tonumber(redis.call('HGET', KEYS[1], 'image_count'))
 if redis.call('HLEN', KEYS[2]) < count then return 1 end

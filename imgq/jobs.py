@@ -21,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from imgq import job_scripts
 from imgq.job_index import ALL_JOBS, add_to_indexes, client_index, page_of_ids
-from imgq.job_scripts import HEARTBEATS, PREDICT_CHECKS
+from imgq.job_scripts import HEARTBEATS, PREDICT_CHECKS, RESENT_IMAGES
 
 KEY_PREFIX = "imgq:job:"
 """Prefix of every job key; ``imgq:job:<id>`` is the record hash."""
@@ -375,6 +375,7 @@ class JobStore:
         pipe = self._redis.pipeline(transaction=True)
         if requeued:
             pipe.hincrby(record_key(job_id), "requeues", requeued)
+            pipe.incrby(RESENT_IMAGES, requeued)
         pipe.zadd(PREDICT_CHECKS, {job_id: _now() + after_s})
         pipe.execute()
 

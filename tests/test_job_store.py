@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from imgq.job_scripts import REDUNDANT_RESULTS
 from imgq.jobs import JobStatus, JobStore, images_key, new_job_id, record_key
 from imgq.settings import Settings
 
@@ -65,6 +66,18 @@ def test_redelivered_images_cannot_change_a_stored_result(
     assert store.get(job_id) == before
     assert before is not None
     assert before["result"]["predictions"][0][0]["label"] == "first"
+
+
+def test_redelivered_results_are_counted_as_redundant(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    store, job_id = _store(settings, redis_client)
+    before = int(redis_client.get(REDUNDANT_RESULTS) or 0)
+    store.store_predictions([(job_id, 0, _top("first"))])
+    store.store_predictions([(job_id, 0, _top("again"))])  # not stored: counted
+    store.store_predictions([(job_id, 1, _top("second"))])  # completes the job
+    store.store_predictions([(job_id, 1, _top("late"))])  # job over: counted
+    assert int(redis_client.get(REDUNDANT_RESULTS) or 0) - before == 2
 
 
 def test_a_failed_job_stays_failed(settings: Settings, redis_client: redis.Redis) -> None:

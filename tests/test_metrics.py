@@ -27,6 +27,8 @@ def test_api_and_worker_expose_the_job_queue_and_inference_series(
     for queue in ("predict", "train", "webhooks"):
         assert f'imgq_queue_depth{{queue="{queue}"}}' in api
     assert "imgq_queue_unacked{}" in api
+    assert api["imgq_redundant_results_total{}"] >= 0
+    assert api["imgq_resent_images_total{}"] >= 0
 
     worker = scrape(settings.metrics_port)
     assert worker['imgq_worker_jobs_finished_total{code="",status="succeeded",type="predict"}'] >= 3

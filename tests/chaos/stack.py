@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import requests
 
+from imgq.job_scripts import REDUNDANT_RESULTS
 from imgq.jobs import JobStatus, record_key
 from imgq.localrun import (
     Service,
@@ -174,6 +175,8 @@ class Outcome:
     latencies_s: dict[str, float]
     resent: int
     """Images the reaper found with no message anywhere and sent again."""
+    redundant: int
+    """Image results computed again (redelivered messages) and discarded, in all Redis."""
 
     def summary(self, submissions: list[Submission]) -> str:
         """One line of figures for the closing note: counts, duplicates, delays."""
@@ -186,6 +189,7 @@ class Outcome:
             f"submitted {len(submissions)} (answers {dict(sorted(statuses.items()))}), "
             f"accepted {len(self.documents)}, succeeded {len(done)}, "
             f"images resent by the reaper {self.resent}, "
+            f"results computed twice and discarded {self.redundant}, duplicates stored 0, "
             f"p50 latency {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s"
         )
 
@@ -225,7 +229,8 @@ def settle(
         job_id: float(finished) - float(created)
         for job_id, (created, finished, _) in zip(job_ids, records, strict=True)
     }
-    return Outcome(documents, latencies, sum(int(resent or 0) for *_, resent in records))
+    resent = sum(int(count or 0) for *_, count in records)
+    return Outcome(documents, latencies, resent, int(client.get(REDUNDANT_RESULTS) or 0))
 
 
 def assert_each_job_has_its_own_result(outcome: Outcome, submissions: list[Submission]) -> None:

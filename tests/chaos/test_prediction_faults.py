@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from imgq.job_scripts import REDUNDANT_RESULTS
 from imgq.jobs import record_key
 from tests.chaos.conftest import CHAOS_VISIBILITY_TIMEOUT_S
 from tests.chaos.stack import (
@@ -36,6 +37,12 @@ def images(cat_jpeg: bytes, coffee_jpeg: bytes) -> list[tuple[bytes, int]]:
     return [(cat_jpeg, CAT), (coffee_jpeg, ESPRESSO)]
 
 
+@pytest.fixture(autouse=True)
+def fresh_counters(stack: Stack) -> None:
+    """Each test reports its own count of discarded duplicate results."""
+    stack.client.delete(REDUNDANT_RESULTS)
+
+
 def assert_results_stable(stack: Stack, outcome: Outcome) -> None:
     """Redelivered messages run after a job ended; none may change what the job returned."""
     time.sleep(CHAOS_VISIBILITY_TIMEOUT_S + 2)
@@ -45,14 +52,14 @@ def assert_results_stable(stack: Stack, outcome: Outcome) -> None:
 
 
 def test_prediction_worker_killed_mid_batch(stack: Stack, images: list[tuple[bytes, int]]) -> None:
-    with Stream(stack.api.url, images) as stream:
+    with Stream(stack.api.url, images, rate_per_s=50) as stream:
         stream.wait_accepted(60)
-        wait_until(lambda: stack.held() > 0, 30, "a batch in the worker's hands")
+        wait_until(lambda: stack.held() >= 3, 30, "a batch in the worker's hands")
         held = stack.held()
         sigkill(stack.predict)
         killed_at = time.time()
         stack.predict = stack.start_predict()
-        stream.wait_accepted(len(stream.accepted) + 60)
+        stream.wait_accepted(len(stream.accepted) + 100)
     submissions = stream.submissions
     outcome = settle(stack.api.url, stack.client, submissions)
     assert_each_job_has_its_own_result(outcome, submissions)
@@ -69,9 +76,9 @@ def test_prediction_worker_killed_mid_batch(stack: Stack, images: list[tuple[byt
 def test_graceful_shutdown_gives_back_what_it_holds(
     stack: Stack, images: list[tuple[bytes, int]]
 ) -> None:
-    with Stream(stack.api.url, images) as stream:
+    with Stream(stack.api.url, images, rate_per_s=50) as stream:
         stream.wait_accepted(60)
-        wait_until(lambda: stack.held() > 0, 30, "a batch in the worker's hands")
+        wait_until(lambda: stack.held() >= 3, 30, "a batch in the worker's hands")
         held = stack.held()
         stopped_at = time.monotonic()
         stack.predict.stop(timeout_s=60)  # SIGTERM: Celery's warm shutdown
@@ -81,7 +88,7 @@ def test_graceful_shutdown_gives_back_what_it_holds(
         # nothing waits for the visibility timeout.
         assert stack.held() == 0
         stack.predict = stack.start_predict()
-        stream.wait_accepted(len(stream.accepted) + 60)
+        stream.wait_accepted(len(stream.accepted) + 100)
     submissions = stream.submissions
     outcome = settle(stack.api.url, stack.client, submissions)
     assert_each_job_has_its_own_result(outcome, submissions)
