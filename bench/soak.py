@@ -39,6 +39,7 @@ from imgq.localrun import (
     REPO,
     Service,
     free_port,
+    process_tree,
     start_api,
     start_predict_worker,
     start_redis,
@@ -66,16 +67,7 @@ def photos() -> list[bytes]:
 def tree_rss_mb(root: int) -> float:
     """Resident memory of a process and its children (gunicorn's workers), in MiB."""
     total = 0
-    pids = [root]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == root:
-                pids.append(int(entry.name))
-    for pid in pids:
+    for pid in process_tree(root):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

@@ -39,7 +39,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgq.keys import create_key_file
-from imgq.localrun import REPO, free_port, start_api, start_predict_worker, start_redis
+from imgq.localrun import (
+    REPO,
+    free_port,
+    process_tree,
+    start_api,
+    start_predict_worker,
+    start_redis,
+)
 from imgq.settings import Settings
 
 
@@ -169,22 +176,13 @@ def run_level(
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of a process and all its live descendants (from /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    total = 0.0
+    for pid in process_tree(root):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, frontier = 0.0, [root]
-    while frontier:
-        pid = frontier.pop()
-        total += times.get(pid, 0.0)
-        frontier.extend(child for child, parent in parents.items() if parent == pid)
+        total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 

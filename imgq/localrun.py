@@ -39,6 +39,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (from ``/proc``): to kill or measure a whole service."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll ``check`` until it is true; connection errors count as not yet."""
     deadline = time.monotonic() + timeout_s

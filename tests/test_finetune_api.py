@@ -24,7 +24,8 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _zip(entries: dict[str, bytes]) -> bytes:
+def zip_archive(entries: dict[str, bytes]) -> bytes:
+    """A zip file holding ``entries`` (name to content), as a client would upload it."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, payload in entries.items():
@@ -95,27 +96,31 @@ def _traversal_tar() -> bytes:
     ("archive", "filename", "expected"),
     [
         (
-            _zip({"../evil/x.png": _png((1, 1, 1)), **_classes({"a": 3, "b": 3})}),
+            zip_archive({"../evil/x.png": _png((1, 1, 1)), **_classes({"a": 3, "b": 3})}),
             "d.zip",
             (400, "invalid_archive"),
         ),
         (_traversal_tar(), "d.tar.gz", (400, "invalid_archive")),
         (_symlink_zip(), "d.zip", (400, "invalid_archive")),
         (
-            _zip({"a/zeros.png": b"\0" * 20_000_000, **_classes({"a": 3, "b": 3})}),
+            zip_archive({"a/zeros.png": b"\0" * 20_000_000, **_classes({"a": 3, "b": 3})}),
             "d.zip",
             (413, "archive_too_large"),
         ),
-        (_zip(_classes({"only": 6})), "d.zip", (400, "invalid_dataset")),
+        (zip_archive(_classes({"only": 6})), "d.zip", (400, "invalid_dataset")),
         (
-            _zip({**_classes({"a": 4, "b": 4}), "empty/readme.txt": b"no images"}),
+            zip_archive({**_classes({"a": 4, "b": 4}), "empty/readme.txt": b"no images"}),
             "d.zip",
             (400, "invalid_dataset"),
         ),
-        (_zip({**_classes({"a": 4}), **_classes({"b": 1})}), "d.zip", (400, "invalid_dataset")),
-        (_zip({"notes.txt": b"hello"}), "d.zip", (400, "invalid_dataset")),
+        (
+            zip_archive({**_classes({"a": 4}), **_classes({"b": 1})}),
+            "d.zip",
+            (400, "invalid_dataset"),
+        ),
+        (zip_archive({"notes.txt": b"hello"}), "d.zip", (400, "invalid_dataset")),
         (b"not an archive at all", "d.zip", (400, "invalid_archive")),
-        (_zip(_classes({"a": 3, "b": 3})), "d.rar", (400, "invalid_request")),
+        (zip_archive(_classes({"a": 3, "b": 3})), "d.rar", (400, "invalid_request")),
     ],
     ids=[
         "zip-traversal",
@@ -155,7 +160,7 @@ def test_bad_datasets_are_refused_and_leave_nothing_behind(
 def test_absurd_training_parameters_are_refused(
     client: FlaskClient, fields: dict[str, str], expected: tuple[int, str]
 ) -> None:
-    assert _post(client, _zip(_classes({"a": 3, "b": 3})), **fields) == expected
+    assert _post(client, zip_archive(_classes({"a": 3, "b": 3})), **fields) == expected
 
 
 def test_missing_dataset_part_is_invalid_request(client: FlaskClient) -> None:

@@ -34,6 +34,7 @@ from PIL import Image
 from imgq.queueing import make_celery
 from imgq.settings import Settings
 from tests.conftest import Service, http, wait_for_job
+from tests.test_finetune_api import zip_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -164,14 +165,6 @@ def _b64(payload: bytes) -> str:
 # --- dataset archives ---------------------------------------------------------------------------
 
 
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, payload in entries.items():
-            archive.writestr(name, payload)
-    return buffer.getvalue()
-
-
 def _classes(*names: str) -> dict[str, bytes]:
     """Enough small PNGs per class to pass ``min_images_per_class``."""
     per_class = DEFAULTS.min_images_per_class
@@ -180,7 +173,7 @@ def _classes(*names: str) -> dict[str, bytes]:
 
 @cache
 def _dataset() -> bytes:
-    return _zip(_classes("cats", "dogs"))
+    return zip_archive(_classes("cats", "dogs"))
 
 
 def _symlink_zip() -> bytes:
@@ -212,7 +205,7 @@ def _zip_bomb() -> bytes:
 def _undecodable_dataset() -> bytes:
     """Two classes of files named like images that are not images: only decoding can tell."""
     per_class = DEFAULTS.min_images_per_class
-    return _zip(
+    return zip_archive(
         {
             f"{name}/{index}.jpg": b"this is not a jpeg " * 20
             for name in ("cats", "dogs")
@@ -301,7 +294,7 @@ def _bad_idempotency_key(api: str) -> requests.Response:
 
 
 def _with_member(name: str) -> Payload:
-    return lambda: _zip({**_classes("cats", "dogs"), name: _jpeg()})
+    return lambda: zip_archive({**_classes("cats", "dogs"), name: _jpeg()})
 
 
 GARBLED_MULTIPART = b"--xyz\r\nContent-Disposition: form-data; name=image\r\n\r\nno end"
@@ -461,10 +454,15 @@ FINETUNE_CASES = [
     Case("finetune-zip-absolute-path", finetune(_with_member("/etc/evil.jpg")), 400, BAD_ARCHIVE),
     Case("finetune-zip-symlink", finetune(_symlink_zip), 400, BAD_ARCHIVE),
     Case("finetune-zip-bomb", finetune(_zip_bomb), 413, "archive_too_large"),
-    Case("finetune-single-class", finetune(lambda: _zip(_classes("cats"))), 400, "invalid_dataset"),
+    Case(
+        "finetune-single-class",
+        finetune(lambda: zip_archive(_classes("cats"))),
+        400,
+        "invalid_dataset",
+    ),
     Case(
         "finetune-no-images",
-        finetune(lambda: _zip({"cats/readme.txt": b"x", "dogs/notes.txt": b"y"})),
+        finetune(lambda: zip_archive({"cats/readme.txt": b"x", "dogs/notes.txt": b"y"})),
         400,
         "invalid_dataset",
     ),

@@ -9,7 +9,9 @@ from imgq.jobs import JobStatus, JobStore, images_key, new_job_id, record_key
 from imgq.settings import Settings
 
 
-def _store(settings: Settings, client: redis.Redis) -> tuple[JobStore, str]:
+def _store(
+    settings: Settings, client: redis.Redis, *, check_after_s: float = 60
+) -> tuple[JobStore, str]:
     store = JobStore(client, ttl_s=settings.job_ttl_s)
     job_id = new_job_id()
     store.create_predict_job(
@@ -20,7 +22,7 @@ def _store(settings: Settings, client: redis.Redis) -> tuple[JobStore, str]:
         top_k=1,
         client="alice",
         deadline_s=60,
-        check_after_s=60,
+        check_after_s=check_after_s,
     )
     return store, job_id
 
@@ -104,19 +106,8 @@ def test_finished_jobs_are_not_offered_to_workers_again(
 def test_open_jobs_are_checked_once_per_interval_and_only_until_they_end(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    store = JobStore(redis_client, ttl_s=settings.job_ttl_s)
-    open_job, ended = new_job_id(), new_job_id()
-    for job_id in (open_job, ended):
-        store.create_predict_job(
-            job_id,
-            [b"a", b"b"],
-            "imagenet",
-            1,
-            top_k=1,
-            client="alice",
-            deadline_s=60,
-            check_after_s=-1,
-        )
+    store, open_job = _store(settings, redis_client, check_after_s=-1)
+    _, ended = _store(settings, redis_client, check_after_s=-1)
     store.fail(ended, {"code": "invalid_image", "message": "x"})  # ending unwatches it
     store.store_predictions([(open_job, 0, _top("first"))])
     claimed = store.claim_due_checks()

@@ -9,26 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from imgq.localrun import start_train_worker, start_webhooks_worker
+from imgq.localrun import process_tree, start_train_worker, start_webhooks_worker
 from imgq.queueing import TRAIN_QUEUE, make_celery
 from imgq.settings import Settings
 from tests.conftest import Service, http, start_with_own_metrics, wait_for_job
 from tests.test_finetune_e2e import _finetune, make_dataset_zip
 
 pytestmark = pytest.mark.e2e
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                children.append(int(entry.name))
-    return children + [grandchild for child in children for grandchild in _descendants(child)]
 
 
 def test_killed_training_worker_is_reaped_and_the_active_version_is_untouched(
@@ -58,7 +45,7 @@ def test_killed_training_worker_is_reaped_and_the_active_version_is_untouched(
                 break
             time.sleep(0.2)
         assert document["status"] == "running", document
-        for pid in [*_descendants(trainer.process.pid), trainer.process.pid]:
+        for pid in process_tree(trainer.process.pid):
             os.kill(pid, signal.SIGKILL)  # mid-epoch, no chance to clean up
         trainer.process.wait()
 
