@@ -65,15 +65,11 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     get results as soon as they exist without polling in a tight loop.
     """
     svc = services()
-    event = svc.waiters.register(job_id) if query["wait"] > 0 else None  # before the read
-    try:
+    with svc.waiters.watching(job_id, query["wait"]) as event:  # before the read
         document = job_document(owned_fields(job_id))
         if event is not None and not document["status"].is_terminal:
             event.wait(query["wait"])
             document = svc.jobs.get(job_id) or document
-    finally:
-        if event is not None:
-            svc.waiters.unregister(job_id, event)
     return with_webhook(document)
 
 

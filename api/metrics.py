@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from api.services import services
 from imgq.job_scripts import REDUNDANT_RESULTS, RESENT_IMAGES
+from imgq.queued_messages import UNACKED_KEY
 from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
 
 JOBS_SUBMITTED = Counter("imgq_jobs_submitted_total", "Jobs accepted (202).", ["type"])
@@ -58,7 +59,7 @@ class QueueDepthCollector(Collector):
             pipe = self._broker.pipeline(transaction=False)
             for queue in (PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE):
                 pipe.llen(queue)
-            pipe.hlen("unacked")
+            pipe.hlen(UNACKED_KEY)
             pipe.mget([REDUNDANT_RESULTS, RESENT_IMAGES])
             *lengths, held, (redundant, resent) = pipe.execute()
         except redis.RedisError:

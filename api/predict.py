@@ -28,7 +28,7 @@ from imgq.errors import (
 )
 from imgq.idempotency import fingerprint
 from imgq.jobs import new_job_id
-from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, PREDICT_QUEUE
+from imgq.queueing import send_predict_messages
 from ml.preprocess import ImageLimits, check_image
 
 _PREDICT_BODY = {
@@ -117,13 +117,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     )
 
     def send() -> None:
-        if options.get("explain"):  # explained jobs stay out of the batched fast path
-            svc.celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
-            return
-        with svc.celery.producer_or_acquire() as producer:
-            for index in range(len(images)):
-                svc.celery.send_task(
-                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
-                )
+        explain = bool(options.get("explain"))
+        send_predict_messages(svc.celery, job_id, range(len(images)), explain=explain)
 
     return enqueue_or_undo(job_id, "predict", send)

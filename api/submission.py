@@ -94,8 +94,7 @@ def enqueue_or_undo(
     """
     svc = services()
     wait_s = preferred_wait_s()
-    event = svc.waiters.register(job_id) if wait_s else None  # before sending: no lost wake-up
-    try:
+    with svc.waiters.watching(job_id, wait_s) as event:  # before sending: no lost wake-up
         try:
             send()
         except Exception as exc:
@@ -112,7 +111,4 @@ def enqueue_or_undo(
                 response.headers["Location"] = location
                 response.headers["Preference-Applied"] = f"wait={wait_s:g}"
                 return response
-    finally:
-        if event is not None:
-            svc.waiters.unregister(job_id, event)
     return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -75,6 +77,20 @@ class JobWaiters:
         with self._lock:
             self._events[job_id].append(event)
         return event
+
+    @contextmanager
+    def watching(self, job_id: str, wait_s: float) -> Iterator[threading.Event | None]:
+        """Listen for ``job_id`` while the block runs (None when ``wait_s`` is 0).
+
+        Enter it before reading or queueing the job, so an end that happens in between still
+        sets the event.
+        """
+        event = self.register(job_id) if wait_s > 0 else None
+        try:
+            yield event
+        finally:
+            if event is not None:
+                self.unregister(job_id, event)
 
     def unregister(self, job_id: str, event: threading.Event) -> None:
         """Stop listening (after a timeout, or when the job had already ended)."""

@@ -6,7 +6,7 @@ imports the worker modules that load TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -78,3 +78,21 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     app = Celery("imgq", include=list(include))
     app.conf.update(celery_config(settings))
     return app
+
+
+def send_predict_messages(
+    celery: Celery, job_id: str, indices: Iterable[int], *, explain: bool
+) -> None:
+    """Queue a predict job's work: one message per image index, or for an explained job one
+    message for the whole job (explanations stay out of the batched fast path).
+
+    The API sends a new job's images this way, and the reaper a job's lost ones.
+    """
+    if explain:
+        celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
+        return
+    with celery.producer_or_acquire() as producer:
+        for index in indices:
+            celery.send_task(
+                PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
+            )

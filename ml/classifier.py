@@ -113,7 +113,7 @@ class Classifier:
 
 def _split(chunk: NDArray[np.uint8], parts: int) -> list[NDArray[np.uint8]]:
     """``chunk`` in up to ``parts`` near-equal, non-empty pieces, in order."""
-    return [piece for piece in np.array_split(chunk, min(parts, len(chunk))) if len(piece)]
+    return list(np.array_split(chunk, min(parts, len(chunk))))
 
 
 def load_classifier(

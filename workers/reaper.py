@@ -28,7 +28,7 @@ from celery import Celery
 
 from imgq.jobs import JobStatus, JobStore
 from imgq.queued_messages import PendingWork, pending_work
-from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, PREDICT_QUEUE
+from imgq.queueing import PREDICT_QUEUE, send_predict_messages
 from imgq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,24 +61,17 @@ def _check(
         if job_store.fail(job_id, error):
             logger.error("failed an overdue job", extra={"job_id": job_id})
         return
+    explain = bool(fields.get("explain"))
     lost: list[int] = []
     if pending is not None:  # else the queue is too long to scan: look next time
-        if fields.get("explain"):
-            lost = [] if job_id in pending.explained_jobs else [-1]
+        # An explained job stores its result at the end, so all its images are missing until then.
+        missing = job_store.missing_images(job_id)
+        if explain:
+            lost = [] if job_id in pending.explained_jobs else missing
         else:
-            lost = [
-                i for i in job_store.missing_images(job_id) if (job_id, i) not in pending.images
-            ]
+            lost = [i for i in missing if (job_id, i) not in pending.images]
     # Watch again first: if this process dies before sending, the next sweep comes back.
     job_store.check_again(job_id, settings.predict_check_interval_s, requeued=len(lost))
-    if not lost:
-        return
-    if fields.get("explain"):
-        app.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
-    else:
-        with app.producer_or_acquire() as producer:
-            for index in lost:
-                app.send_task(
-                    PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
-                )
-    logger.warning("resent lost messages", extra={"job_id": job_id, "images": len(lost)})
+    if lost:
+        send_predict_messages(app, job_id, lost, explain=explain)
+        logger.warning("resent lost messages", extra={"job_id": job_id, "images": len(lost)})

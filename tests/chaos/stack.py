@@ -32,11 +32,9 @@ from imgq.localrun import (
     start_webhooks_worker,
     wait_until,
 )
+from imgq.queued_messages import UNACKED_KEY
 from imgq.settings import Settings
 from tests.conftest import http
-
-UNACKED = "unacked"
-"""Kombu's hash of messages delivered to a worker and not yet acknowledged."""
 
 
 class Stack:
@@ -65,7 +63,7 @@ class Stack:
 
     def held(self) -> int:
         """Messages some worker has taken and not yet acknowledged."""
-        return int(self.client.hlen(UNACKED))
+        return int(self.client.hlen(UNACKED_KEY))
 
     def close(self) -> None:
         """Stop everything, workers first."""
@@ -218,7 +216,7 @@ def settle(
             counts[key] = counts.get(key, 0) + 1
         raise AssertionError(
             f"jobs by status {counts}; predict queue {client.llen('predict')}, "
-            f"unacked {client.hlen(UNACKED)}"
+            f"unacked {client.hlen(UNACKED_KEY)}"
         ) from exc
     documents = {job_id: http.get(f"{base}/jobs/{job_id}").json() for job_id in job_ids}
     pipe = client.pipeline(transaction=False)

@@ -25,7 +25,12 @@ CAT = 285
 
 
 def _store_job(
-    settings: Settings, client: redis.Redis, images: list[bytes], *, deadline_s: float = 60
+    settings: Settings,
+    client: redis.Redis,
+    images: list[bytes],
+    *,
+    deadline_s: float = 60,
+    explain: bool = False,
 ) -> str:
     """A predict job stored as the API stores it, first checked by the reaper at once."""
     job_id = new_job_id()
@@ -38,6 +43,7 @@ def _store_job(
         client="admin",
         deadline_s=deadline_s,
         check_after_s=0.2,
+        explain=explain,
     )
     return job_id
 
@@ -63,6 +69,17 @@ def test_only_the_images_whose_messages_were_lost_are_sent_again(
     first, second = document["result"]["predictions"]
     assert first == stored  # not run again
     assert second[0]["index"] == CAT
+    assert redis_client.hget(record_key(job_id), "requeues") == b"1"
+
+
+def test_an_explained_job_whose_message_was_lost_is_sent_again_whole(
+    api_server: str, settings: Settings, redis_client: redis.Redis, cat_jpeg: bytes
+) -> None:
+    job_id = _store_job(settings, redis_client, [cat_jpeg], explain=True)
+    document = wait_for_job(api_server, job_id, timeout_s=60)
+    assert document["status"] == "succeeded", document
+    assert document["result"]["predictions"][0][0]["index"] == CAT
+    assert document["result"]["explanations"][0]["artifact"] == "gradcam-0.png"
     assert redis_client.hget(record_key(job_id), "requeues") == b"1"
 
 
