@@ -7,25 +7,18 @@ import time
 import redis
 from flask import Flask
 
-from api import exports, finetune, predict
+from api import exports, finetune, health, jobs, metrics, models, predict
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
-from api.health import blp as health_blp
-from api.jobs import blp as jobs_blp
-from api.metrics import blp as metrics_blp
-from api.models import blp as models_blp
 from api.services import Services
 from api.waiters import JobWaiters
-from imgq.idempotency import IdempotencyKeys
-from imgq.jobs import JobStore
-from imgq.keys import KeyRing
+from imgq.api_keys import KeyRing
+from imgq.jobs.idempotency import IdempotencyKeys
+from imgq.jobs.store import JobStore
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
-from imgq.webhooks import WebhookQueue
+from imgq.webhooks.schedule import DeliveryStore
 from ml.registry import ModelRegistry
-
-ROUTE_MODULES = (predict, finetune, exports)
-"""Modules that add routes to the jobs and models blueprints when imported."""
 
 SOCKET_TIMEOUT_S = 2.0
 """Redis calls from a request give up after this long, so an outage answers 503 quickly."""
@@ -71,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         waiters=JobWaiters(client),
         idempotency=IdempotencyKeys(client, settings.job_ttl_s),
-        webhooks=WebhookQueue(client, settings.job_ttl_s),
+        deliveries=DeliveryStore(client, settings.job_ttl_s),
     )
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
     if not len(keys):
@@ -81,9 +74,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     install_auth(app, keys)
     rest_api = ImgqApi(app)
-    rest_api.register_blueprint(health_blp)
-    rest_api.register_blueprint(jobs_blp)
-    rest_api.register_blueprint(models_blp)
-    app.register_blueprint(metrics_blp)  # plain Flask: not part of the OpenAPI document
+    # The whole route map: one blueprint per module, in the order the OpenAPI document lists them.
+    for blueprint in (
+        health.blp,
+        predict.blp,
+        finetune.blp,
+        jobs.blp,
+        models.blp,
+        exports.blp,
+    ):
+        rest_api.register_blueprint(blueprint)
+    app.register_blueprint(metrics.blp)  # plain Flask: not part of the OpenAPI document
     register_error_handlers(app)
     return app

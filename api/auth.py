@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, request
 
-from api.errors import error_response
-from imgq.errors import ImgqError, JobNotFound
-from imgq.keys import ApiKey, KeyRing, Role
+from api.errors import imgq_error_response
+from imgq.api_keys import ApiKey, KeyRing, Role
+from imgq.errors import Forbidden, JobNotFound, Unauthorized
 
 OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
 """Endpoints that answer without a key."""
-
-
-class Forbidden(ImgqError):
-    """The key is valid but its role may not do this."""
-
-    code = "forbidden"
-    status = 403
 
 
 def current_client() -> ApiKey:
@@ -54,12 +47,12 @@ def install_auth(app: Flask, keys: KeyRing) -> None:
         scheme, _, presented = header.partition(" ")
         key = keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
         if key is None:
-            response = error_response(
-                401,
-                "unauthorized",
-                "Send a valid API key as `Authorization: Bearer <key>`."
-                if header
-                else "This endpoint needs `Authorization: Bearer <key>`.",
+            response = imgq_error_response(
+                Unauthorized(
+                    "Send a valid API key as `Authorization: Bearer <key>`."
+                    if header
+                    else "This endpoint needs `Authorization: Bearer <key>`."
+                )
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="imgq"'
             return response

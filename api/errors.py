@@ -22,29 +22,20 @@ from werkzeug.exceptions import HTTPException
 
 from api.metrics import REQUESTS_REJECTED
 from api.schemas import ErrorEnvelopeSchema
-from imgq.errors import ImgqError, InvalidRequest, ServiceUnavailable
+from imgq.errors import (
+    HttpError,
+    ImgqError,
+    InternalError,
+    InvalidRequest,
+    ServiceUnavailable,
+    ValidationFailed,
+    http_error_class,
+)
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
 """Seconds a client is told to wait when a backing service is down."""
-
-_HTTP_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-}
-
-
-_SERVER_CODES = {414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented"}
-"""Codes of statuses only the HTTP server answers with (the app never sees those requests)."""
 
 _SERVER_MESSAGES = {
     "uri_too_long": "The request line is too long; send a shorter URL.",
@@ -88,9 +79,8 @@ def server_error_response(status: int, reason: str, detail: str) -> bytes:
     Returns:
         The response bytes, status line to body.
     """
-    code = _SERVER_CODES.get(status) or _HTTP_CODES.get(status)
-    if code is None:
-        code = "internal_error" if status >= 500 else "invalid_request"
+    error_class = http_error_class(status) or (InternalError if status >= 500 else InvalidRequest)
+    code = error_class.code
     message = _SERVER_MESSAGES.get(code, "The server could not parse the HTTP request.")
     details = {"reason": detail} if detail and status < 500 else None
     body = json.dumps(_envelope(code, message, details)).encode()
@@ -117,27 +107,31 @@ class ImgqApi(Api):
         if isinstance(data, dict) and "messages" in data:
             details = data["messages"]
         message = error.description or error.name
-        if status == 422:
-            message = "The request does not match the schema."
-        return error_response(status, _HTTP_CODES.get(status, "http_error"), message, details)
+        if status == ValidationFailed.status:
+            message = SCHEMA_MISMATCH
+        code = (http_error_class(status) or HttpError).code
+        return error_response(status, code, message, details)
 
 
-def _handle_imgq_error(error: ImgqError) -> Response:
+SCHEMA_MISMATCH = "The request does not match the schema."
+"""Message of every ``validation_error``; ``details`` says which fields and why."""
+
+
+def imgq_error_response(error: ImgqError) -> Response:
+    """The envelope of an ``ImgqError``, with ``Retry-After`` when a backing service is down."""
     response = error_response(error.status, error.code, error.message, error.details)
-    if error.status == 503:
+    if isinstance(error, ServiceUnavailable):
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
 def _handle_validation_error(error: ValidationError) -> Response:
-    return error_response(
-        422, "validation_error", "The request does not match the schema.", error.messages
-    )
+    return imgq_error_response(ValidationFailed(SCHEMA_MISMATCH, error.messages))
 
 
 def _handle_backend_down(error: Exception) -> Response:
     logger.warning("backend unavailable: %s", error)
-    return _handle_imgq_error(ServiceUnavailable("A backing service is unavailable; retry later."))
+    return imgq_error_response(ServiceUnavailable("A backing service is unavailable; retry later."))
 
 
 _JSON_DECODER_MODULES = frozenset({"json.decoder", "json.scanner"})
@@ -161,17 +155,17 @@ def _handle_recursion_error(error: RecursionError) -> Response:
     """
     if not _raised_by_json_decoder(error):
         return _handle_unexpected(error)
-    return _handle_imgq_error(InvalidRequest("The JSON body nests too deeply to be parsed."))
+    return imgq_error_response(InvalidRequest("The JSON body nests too deeply to be parsed."))
 
 
 def _handle_unexpected(error: Exception) -> Response:
     logger.error("unhandled error", exc_info=error)
-    return error_response(500, "internal_error", "An unexpected error occurred.")
+    return imgq_error_response(InternalError("An unexpected error occurred."))
 
 
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers; werkzeug's HTTP errors are handled by ``ImgqApi``."""
-    app.register_error_handler(ImgqError, _handle_imgq_error)
+    app.register_error_handler(ImgqError, imgq_error_response)
     app.register_error_handler(ValidationError, _handle_validation_error)
     app.register_error_handler(RecursionError, _handle_recursion_error)
     app.register_error_handler(redis.RedisError, _handle_backend_down)

@@ -3,68 +3,47 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 from flask import Response, send_file
-from marshmallow import Schema, fields, validate
+from flask_smorest import Blueprint
 
 from api.auth import current_client
-from api.models import blp
-from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
+from api.idempotency import replay_or_claim
+from api.schemas import ErrorEnvelopeSchema, ExportReportSchema, ExportRequestSchema
 from api.services import services
-from api.submission import PREFER_PARAMETER, enqueue_or_undo
-from imgq.errors import NotFound
-from imgq.jobs import new_job_id
+from api.submission import enqueue_or_undo, submission_endpoint
+from imgq.errors import ExportNotFound
+from imgq.jobs.idempotency import fingerprint
+from imgq.jobs.status import JobType
+from imgq.jobs.store import new_job_id
 from imgq.queueing import EXPORT_TASK, TRAIN_QUEUE
 from ml.export_formats import FORMATS, file_name
+
+blp = Blueprint("exports", __name__, url_prefix="/models", description="Model exports")
 
 _MIMETYPES = {"saved_model": "application/zip"}
 
 
-class ExportRequestSchema(Schema):
-    """Body of ``POST /models/<name>/versions/<v>/exports``."""
-
-    format = fields.String(required=True, validate=validate.OneOf(FORMATS))
-
-
-class ExportReportSchema(Schema):
-    """An export's size and its agreement with the Keras model on the version's test split."""
-
-    format = fields.String()
-    file_name = fields.String()
-    size_bytes = fields.Integer()
-    test_images = fields.Integer()
-    agreement = fields.Float()
-    accuracy = fields.Float()
-    keras_accuracy = fields.Float()
-    accuracy_drop = fields.Float()
-    within_margin = fields.Boolean()
-
-
-class ExportNotFound(NotFound):
-    """That export has not been made (yet)."""
-
-    code = "export_not_found"
-
-
-@blp.route("/<string:name>/versions/<int:version>/exports", methods=["POST"])
-@blp.arguments(ExportRequestSchema)
-@blp.response(202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(200, schema=JobSchema, description="The job ended within `Prefer: wait=N`.")
-@blp.alt_response(404, schema=ErrorEnvelopeSchema)
-@blp.doc(parameters=[PREFER_PARAMETER])
+@submission_endpoint(
+    blp, "/<string:name>/versions/<int:version>/exports", arguments=ExportRequestSchema
+)
 def request_export(
     body: dict[str, Any], name: str, version: int
-) -> tuple[Any, int, Any] | Response:
+) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue an export job; when it succeeds, download the file from ``.../exports/<format>``."""
     svc = services()
     svc.registry.get(name, version)
     job_id = new_job_id()
     params = {"model": name, "version": version, "format": body["format"]}
-    svc.jobs.create_export_job(job_id, params, client=current_client().client)
+    replay = replay_or_claim(fingerprint(json.dumps(params, sort_keys=True)), job_id)
+    if replay is not None:
+        return replay
+    svc.jobs.create_job(job_id, JobType.EXPORT, params, client=current_client().client)
     return enqueue_or_undo(
         job_id,
-        "export",
+        JobType.EXPORT,
         lambda: svc.celery.send_task(EXPORT_TASK, args=[job_id], queue=TRAIN_QUEUE),
     )
 

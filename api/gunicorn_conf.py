@@ -63,7 +63,7 @@ def post_worker_init(worker: Any) -> None:
     writes the access log, then renders the page with ``gunicorn.util.write_error``; swapping
     that one function in the worker process changes only the page. A worker subclass would be
     the other hook, but the worker class comes from the command line (``--worker-class gthread``
-    in ``imgq.processes.api_argv`` and the Docker entrypoint), which overrides this file's
+    in ``imgq.local.commands.api_argv`` and the Docker entrypoint), which overrides this file's
     settings, and overriding ``handle_error`` would mean copying its status table.
     ``tests/test_hostile_input.py`` (``request-line-too-long``) checks this against the real
     server, so a gunicorn upgrade that stops calling ``util.write_error`` is caught.

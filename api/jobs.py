@@ -1,6 +1,7 @@
 """Job endpoints common to every job type: read (and long-poll), list, cancel, download.
 
-Submission lives beside, in ``api.predict`` and ``api.finetune``, on this same blueprint.
+Submission lives beside, each kind on its own blueprint under ``/jobs`` (``api.predict``,
+``api.finetune``; exports in ``api.exports`` under ``/models``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from api.schemas import (
     JobSchema,
 )
 from api.services import services
-from imgq.errors import ImgqError, JobNotFound, NotFound
-from imgq.jobs import job_document
-from imgq.keys import Role
+from imgq.api_keys import Role
+from imgq.errors import JobNotCancelable, JobNotFound, NotFound, WebhookNotDue
+from imgq.jobs.documents import job_document
+from imgq.jobs.status import CancelOutcome, JobStatus, JobType
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction and training jobs")
 
@@ -75,14 +77,8 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
 
 def with_webhook(document: dict[str, Any]) -> dict[str, Any]:
     """A job document as clients read it: with its webhook's delivery state, if any."""
-    state = services().webhooks.state(document["id"])
-    return {**document, "webhook": _public_webhook(state)}
-
-
-def _public_webhook(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    if state is None:
-        return None
-    return {k: v for k, v in state.items() if k not in ("client", "round_start")}
+    delivery = services().deliveries.load(document["id"])
+    return {**document, "webhook": delivery.public() if delivery else None}
 
 
 @blp.route("/<string:job_id>/webhook/redeliver", methods=["POST"])
@@ -95,30 +91,16 @@ def redeliver_webhook(job_id: str) -> dict[str, Any]:
     fields = owned_fields(job_id)
     if not fields.get("callback_url"):
         raise NotFound(f"Job {job_id!r} has no callback_url.", {"id": job_id})
-    if fields["status"] not in ("succeeded", "failed", "canceled"):
+    if not JobStatus(fields["status"]).is_terminal:
         raise WebhookNotDue(
             "The job has not ended; its webhook is sent when it does.", {"id": job_id}
         )
-    state = svc.webhooks.state(job_id)
-    if state is not None:  # else the first delivery has not run yet: scheduling it is enough
-        state.update(state="pending", next_attempt_at=None, round_start=len(state["attempts"]))
-        svc.webhooks.save(job_id, state)
-    svc.webhooks.schedule(job_id, time.time())
-    return _public_webhook(state) or {"state": "pending"}
-
-
-class WebhookNotDue(ImgqError):
-    """Redelivery asked for a job whose webhook was never due (it has not ended)."""
-
-    code = "webhook_not_due"
-    status = 409
-
-
-class JobNotCancelable(ImgqError):
-    """The job has ended, or is a predict job already running."""
-
-    code = "job_not_cancelable"
-    status = 409
+    delivery = svc.deliveries.load(job_id)
+    if delivery is not None:  # else the first delivery has not run yet: scheduling it is enough
+        delivery.redeliver()
+        svc.deliveries.save(job_id, delivery)
+    svc.deliveries.schedule(job_id, time.time())
+    return delivery.public() if delivery else {"state": "pending"}
 
 
 @blp.route("/<string:job_id>", methods=["DELETE"])
@@ -131,18 +113,18 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     svc = services()
     owned_fields(job_id)
     outcome = svc.jobs.cancel(job_id)
-    if outcome == "missing":
+    if outcome is CancelOutcome.MISSING:
         raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
-    if outcome in ("ended", "not_cancelable"):
+    if outcome in (CancelOutcome.ENDED, CancelOutcome.NOT_CANCELABLE):
         raise JobNotCancelable(
             "The job has already ended."
-            if outcome == "ended"
+            if outcome is CancelOutcome.ENDED
             else "A running predict job cannot be canceled; it ends in moments.",
             {"id": job_id},
         )
     document = svc.jobs.get(job_id)
     assert document is not None
-    return document, 200 if outcome == "canceled" else 202
+    return document, 200 if outcome is CancelOutcome.CANCELED else 202
 
 
 @blp.route("/<string:job_id>/artifacts/<string:name>")
@@ -157,7 +139,7 @@ def get_artifact(job_id: str, name: str) -> Any:
     if name in result.get("artifacts", []):
         content = (
             svc.registry.read_file(result["model"], int(result["version"]), name)
-            if document["type"] == "finetune"
+            if document["type"] is JobType.FINETUNE
             else svc.jobs.artifact(job_id, name)
         )
     if content is None:

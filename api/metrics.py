@@ -27,9 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.services import services
-from imgq.job_scripts import REDUNDANT_RESULTS, RESENT_IMAGES
-from imgq.queued_messages import UNACKED_KEY
 from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
+from imgq.redis_keys import KOMBU_UNACKED, REDUNDANT_RESULTS, RESENT_IMAGES
 
 JOBS_SUBMITTED = Counter("imgq_jobs_submitted_total", "Jobs accepted (202).", ["type"])
 REQUESTS_REJECTED = Counter(
@@ -59,7 +58,7 @@ class QueueDepthCollector(Collector):
             pipe = self._broker.pipeline(transaction=False)
             for queue in (PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE):
                 pipe.llen(queue)
-            pipe.hlen(UNACKED_KEY)
+            pipe.hlen(KOMBU_UNACKED)
             pipe.mget([REDUNDANT_RESULTS, RESENT_IMAGES])
             *lengths, held, (redundant, resent) = pipe.execute()
         except redis.RedisError:

@@ -5,38 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
 
 from api.auth import require_admin
-from api.schemas import ErrorEnvelopeSchema
+from api.schemas import ErrorEnvelopeSchema, ModelSchema
 from api.services import services
 from imgq.model_events import announce_activation
 
 blp = Blueprint("models", __name__, url_prefix="/models", description="Model registry")
-
-
-class ModelVersionSchema(Schema):
-    """One immutable version."""
-
-    name = fields.String()
-    version = fields.Integer()
-    kind = fields.String()
-    backbone = fields.String()
-    image_size = fields.Integer()
-    labels = fields.Raw()
-    created_at = fields.Float()
-    metrics = fields.Raw()
-    training = fields.Raw()
-    artifacts = fields.List(fields.String())
-    active = fields.Boolean()
-
-
-class ModelSchema(Schema):
-    """A model and its versions."""
-
-    name = fields.String()
-    active_version = fields.Integer()
-    versions = fields.List(fields.Nested(ModelVersionSchema))
 
 
 def _describe(name: str, with_training: bool) -> dict[str, Any]:

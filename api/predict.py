@@ -8,10 +8,10 @@ import json
 from typing import Any
 
 from flask import Response, request
+from flask_smorest import Blueprint
 
 from api.auth import current_client
 from api.idempotency import replay_or_claim
-from api.jobs import blp
 from api.schemas import (
     PredictJsonSchema,
     PredictMultipartSchema,
@@ -19,17 +19,20 @@ from api.schemas import (
 )
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
-from imgq.callback_urls import check_callback_url
 from imgq.errors import (
     ImgqError,
     InvalidRequest,
     TooManyImages,
     UnsupportedMediaType,
 )
-from imgq.idempotency import fingerprint
-from imgq.jobs import new_job_id
+from imgq.jobs.idempotency import fingerprint
+from imgq.jobs.status import JobType
+from imgq.jobs.store import new_job_id
 from imgq.queueing import send_predict_messages
+from imgq.webhooks.callback_urls import check_callback_url
 from ml.preprocess import ImageLimits, check_image
+
+blp = Blueprint("predict", __name__, url_prefix="/jobs", description="Prediction jobs")
 
 _PREDICT_BODY = {
     "required": True,
@@ -38,7 +41,6 @@ _PREDICT_BODY = {
         "application/json": {"schema": PredictJsonSchema},
     },
 }
-_ERRORS = (400, 404, 413, 415, 422, 503)
 
 
 def _decode_base64(text: str, index: int) -> bytes:
@@ -87,7 +89,7 @@ def _check_images(images: list[bytes]) -> None:
             raise
 
 
-@submission_endpoint(blp, "/predict", _PREDICT_BODY)
+@submission_endpoint(blp, "/predict", body=_PREDICT_BODY)
 def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a prediction job for one or more images."""
     request.max_content_length = services().settings.max_request_bytes
@@ -120,4 +122,4 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         explain = bool(options.get("explain"))
         send_predict_messages(svc.celery, job_id, range(len(images)), explain=explain)
 
-    return enqueue_or_undo(job_id, "predict", send)
+    return enqueue_or_undo(job_id, JobType.PREDICT, send)

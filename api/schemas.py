@@ -6,9 +6,12 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from imgq.jobs import JobStatus, JobType
+from imgq.jobs.status import JobStatus, JobType
+from ml.backbone_specs import BACKBONE_SIZES
+from ml.export_formats import FORMATS
+from ml.registry import MODEL_NAME
 
 MAX_TOP_K = 1000
 """Largest ``top_k`` accepted; a model's own class count caps what is returned."""
@@ -39,7 +42,7 @@ class PredictOptionsSchema(Schema):
         metadata={"description": "Labels returned per image (default 5)."},
     )
     model = fields.String(
-        validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+        validate=validate.Regexp(MODEL_NAME.pattern),
         metadata={"description": "Model name (default: the built-in `imagenet`)."},
     )
     version = WholeNumber(
@@ -84,22 +87,6 @@ class JobCreatedSchema(Schema):
     status = fields.Enum(JobStatus, by_value=True, required=True)
 
 
-class PredictionSchema(Schema):
-    """One label of an image's top-k."""
-
-    label = fields.String()
-    index = fields.Integer()
-    score = fields.Float()
-
-
-class PredictResultSchema(Schema):
-    """``result`` of a succeeded predict job: one top-k list per image, in request order."""
-
-    model = fields.String()
-    version = fields.Integer()
-    predictions = fields.List(fields.List(fields.Nested(PredictionSchema)))
-
-
 class ErrorBodySchema(Schema):
     """The inner error object."""
 
@@ -123,7 +110,13 @@ class JobSchema(Schema):
     created_at = fields.String(allow_none=True)
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
-    result = fields.Raw(allow_none=True, metadata={"description": "See PredictResult."})
+    result = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "predict: `{model, version, predictions}` (one top-k list per image);"
+            " fine-tune: the new version, its metrics and artifacts; export: the report."
+        },
+    )
     webhook = fields.Raw(
         allow_none=True,
         metadata={"description": "Delivery of the job's callback: url, state, attempts."},
@@ -172,3 +165,84 @@ class HealthSchema(Schema):
     """Health and readiness answers."""
 
     status = fields.String(required=True)
+
+
+class FinetuneFormSchema(Schema):
+    """Fields of ``POST /jobs/finetune`` besides the ``dataset`` file."""
+
+    model = fields.String(required=True, validate=validate.Regexp(MODEL_NAME.pattern))
+    base = fields.String(
+        load_default="efficientnet_lite0",
+        validate=validate.Regexp(r"^[a-z0-9_-]+(:[0-9]+)?$"),
+        metadata={"description": "A backbone name, or `model:version` to continue from."},
+    )
+    image_size = fields.Integer(validate=validate.Range(min=32, max=600))
+    epochs = fields.Integer(load_default=10, validate=validate.Range(min=1, max=500))
+    fine_tune_epochs = fields.Integer(load_default=5, validate=validate.Range(min=0, max=500))
+    unfreeze = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=1))
+    learning_rate = fields.Float(load_default=1e-3, validate=validate.Range(min=1e-7, max=1))
+    fine_tune_learning_rate = fields.Float(
+        load_default=1e-5, validate=validate.Range(min=1e-9, max=1e-1)
+    )
+    batch_size = fields.Integer(load_default=32, validate=validate.Range(min=1, max=1024))
+    augment = fields.Boolean(load_default=False)
+    seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
+    dropout = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=0.9))
+    patience = fields.Integer(load_default=3, validate=validate.Range(min=1, max=100))
+    callback_url = fields.String(
+        validate=validate.Length(max=2048),
+        metadata={"description": "Called (signed POST of the job) when the job ends."},
+    )
+
+    @validates_schema
+    def _base_is_known(self, data: dict[str, Any], **_: Any) -> None:
+        base = data.get("base", "")
+        if ":" not in base and base not in BACKBONE_SIZES:
+            raise ValidationError(
+                f"Unknown backbone; expected one of {sorted(BACKBONE_SIZES)} or `model:version`.",
+                "base",
+            )
+
+
+class ModelVersionSchema(Schema):
+    """One immutable version."""
+
+    name = fields.String()
+    version = fields.Integer()
+    kind = fields.String()
+    backbone = fields.String()
+    image_size = fields.Integer()
+    labels = fields.Raw()
+    created_at = fields.Float()
+    metrics = fields.Raw()
+    training = fields.Raw()
+    artifacts = fields.List(fields.String())
+    active = fields.Boolean()
+
+
+class ModelSchema(Schema):
+    """A model and its versions."""
+
+    name = fields.String()
+    active_version = fields.Integer()
+    versions = fields.List(fields.Nested(ModelVersionSchema))
+
+
+class ExportRequestSchema(Schema):
+    """Body of ``POST /models/<name>/versions/<v>/exports``."""
+
+    format = fields.String(required=True, validate=validate.OneOf(FORMATS))
+
+
+class ExportReportSchema(Schema):
+    """An export's size and its agreement with the Keras model on the version's test split."""
+
+    format = fields.String()
+    file_name = fields.String()
+    size_bytes = fields.Integer()
+    test_images = fields.Integer()
+    agreement = fields.Float()
+    accuracy = fields.Float()
+    keras_accuracy = fields.Float()
+    accuracy_drop = fields.Float()
+    within_margin = fields.Boolean()

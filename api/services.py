@@ -9,10 +9,10 @@ from flask import current_app
 from redis import Redis
 
 from api.waiters import JobWaiters
-from imgq.idempotency import IdempotencyKeys
-from imgq.jobs import JobStore
+from imgq.jobs.idempotency import IdempotencyKeys
+from imgq.jobs.store import JobStore
 from imgq.settings import Settings
-from imgq.webhooks import WebhookQueue
+from imgq.webhooks.schedule import DeliveryStore
 from ml.registry import ModelRegistry
 
 
@@ -28,7 +28,7 @@ class Services:
     celery: Celery
     waiters: JobWaiters
     idempotency: IdempotencyKeys
-    webhooks: WebhookQueue
+    deliveries: DeliveryStore
 
 
 def services() -> Services:

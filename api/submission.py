@@ -18,24 +18,37 @@ from typing import Any
 
 from flask import Response, jsonify, request, url_for
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
 from api.idempotency import release_claim
 from api.jobs import with_webhook
 from api.metrics import JOBS_SUBMITTED
-from api.schemas import MAX_WAIT_S, JobSchema
+from api.schemas import MAX_WAIT_S, ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
-from imgq.jobs import JobStatus
+from imgq.jobs.status import JobStatus, JobType
 
 ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 422, 503)
 """Error answers every job submission documents."""
 
 
 def submission_endpoint(
-    blp: Blueprint, path: str, body: dict[str, Any]
+    blp: Blueprint,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    arguments: type[Schema] | None = None,
 ) -> Callable[[Callable[..., Any]], Any]:
-    """Route and document a ``POST`` that creates a job (202, or 200 for an idempotent replay)."""
-    from api.schemas import ErrorEnvelopeSchema, JobCreatedSchema
+    """Route and document a ``POST`` that creates a job (202, or 200 for an idempotent replay).
+
+    Args:
+        blp: the blueprint to route on.
+        path: the rule, relative to the blueprint's prefix.
+        body: the request body's OpenAPI description, for bodies the view reads itself
+            (multipart uploads, either of two content types).
+        arguments: a JSON body schema that flask-smorest validates (422) and passes to the
+            view as its first argument.
+    """
 
     def decorate(view: Callable[..., Any]) -> Any:
         for status in ERROR_STATUSES:
@@ -51,7 +64,10 @@ def submission_endpoint(
         view = blp.response(
             202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}}
         )(view)
-        view = blp.doc(requestBody=body)(view)
+        if arguments is not None:
+            view = blp.arguments(arguments)(view)
+        if body is not None:
+            view = blp.doc(requestBody=body)(view)
         return blp.route(path, methods=["POST"])(view)
 
     return decorate
@@ -84,7 +100,7 @@ def preferred_wait_s() -> float:
 
 def enqueue_or_undo(
     job_id: str,
-    job_type: str,
+    job_type: JobType,
     send: Callable[[], object],
     undo: Callable[[], object] = lambda: None,
 ) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
@@ -102,7 +118,7 @@ def enqueue_or_undo(
             release_claim()
             undo()
             raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-        JOBS_SUBMITTED.labels(job_type).inc()
+        JOBS_SUBMITTED.labels(job_type.value).inc()
         location = url_for("jobs.get_job", job_id=job_id)
         if event is not None and event.wait(wait_s):
             document = svc.jobs.get(job_id)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import redis
 
-from imgq.jobs import DONE_CHANNEL
+from imgq.redis_keys import JOBS_DONE_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class JobWaiters:
         while True:
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(DONE_CHANNEL)
+                pubsub.subscribe(JOBS_DONE_CHANNEL)
                 self._subscribed.set()
                 for message in pubsub.listen():
                     self._wake(message["data"].decode())

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgq.localrun import REPO
+from imgq.local.supervisor import REPO
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "horse")
 

@@ -38,8 +38,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgq.keys import create_key_file
-from imgq.localrun import (
+from imgq.api_keys import create_key_file
+from imgq.local.supervisor import (
     REPO,
     free_port,
     process_tree,

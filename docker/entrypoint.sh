@@ -5,7 +5,7 @@
 #
 # and anything else runs as given (`docker run --rm -it IMAGE bash`, `... IMAGE python -c ...`).
 #
-# The command lines and their IMGQ_* defaults are those of imgq/processes.py, which `make run` and
+# The command lines and their IMGQ_* defaults are those of imgq/local/commands.py, which `make run` and
 # the test suite start; tests/test_deploy.py runs this script with IMGQ_ENTRYPOINT_DRY_RUN=1 and
 # compares, so change both together. `exec` keeps the server as PID 1: the SIGTERM of
 # `docker stop` or the kubelet reaches Celery itself (warm shutdown: in-flight tasks finish,
@@ -34,7 +34,7 @@ celery_worker() {
     concurrency="$3"
     prefetch="$4"
     shift 4
-    run python3 -m celery -A workers.celery_app worker \
+    run python3 -m celery -A "workers.${queue}_worker" worker \
         --queues "$queue" --pool "$pool" --concurrency "$concurrency" \
         --prefetch-multiplier "$prefetch" --hostname "$queue@%h" \
         --without-gossip --without-mingle --loglevel "${IMGQ_LOG_LEVEL:-INFO}" "$@"
@@ -66,7 +66,7 @@ case "$role" in
         celery_worker webhooks threads 8 1 "$@"
         ;;
     flower)
-        run python3 -m celery -A workers.celery_app flower --port=5555 "$@"
+        run python3 -m celery -A workers.webhooks_worker flower --port=5555 "$@"
         ;;
     *)
         exec "$role" "$@"

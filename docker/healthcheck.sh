@@ -13,7 +13,7 @@ get() {
 # A worker answers `inspect ping` to its own node name: --hostname QUEUE@%h, where Celery's %h
 # is the host name that `uname -n` prints.
 ping_worker() {
-    exec python3 -m celery -A workers.celery_app inspect ping \
+    exec python3 -m celery -A "workers.$1_worker" inspect ping \
         --destination "$1@$(uname -n)" --timeout 10
 }
 

@@ -1,31 +1,80 @@
-"""The one exception hierarchy: each error has a stable ``code`` and an HTTP status.
+"""Every error code the service itself can show a client, each defined once.
 
-The API turns any ``ImgqError`` into ``{"error": {"code", "message", "details"?}}``; workers store
-the same shape on a failed job, so clients handle one format wherever an error surfaces.
+The root, ``ImgqError``, and the library's codes (bad images, archives, datasets, unknown
+models) are in ``ml/errors.py``, since the library must not depend on the service; they are
+re-exported here so that service code imports every error from one module. The API answers
+any of them as ``{"error": {"code", "message", "details"?}}`` with the class's status; a worker
+stores the same object on the job it fails (``workers.outcomes``). The README's error tables
+list exactly these classes, and ``tests/test_error_codes.py`` keeps the two in step.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
+
+from ml.errors import (
+    ArchiveTooLarge,
+    DecompressionBomb,
+    ImageTooLarge,
+    ImgqError,
+    InvalidArchive,
+    InvalidBase,
+    InvalidDataset,
+    InvalidImage,
+    ModelNotFound,
+    NotFound,
+    VersionNotFound,
+    WeightsNotFound,
+)
+
+__all__ = [
+    "ArchiveTooLarge",
+    "Conflict",
+    "DeadlineExceeded",
+    "DecompressionBomb",
+    "ExportFailed",
+    "ExportNotFound",
+    "ExportNotSupported",
+    "Forbidden",
+    "HeadersTooLarge",
+    "HttpError",
+    "IdempotencyConflict",
+    "ImageTooLarge",
+    "ImgqError",
+    "InternalError",
+    "InvalidArchive",
+    "InvalidBase",
+    "InvalidCallbackUrl",
+    "InvalidDataset",
+    "InvalidImage",
+    "InvalidRequest",
+    "JobNotCancelable",
+    "JobNotFound",
+    "MethodNotAllowed",
+    "ModelLoadFailed",
+    "ModelNotFound",
+    "NotFound",
+    "NotImplementedByServer",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ReservedModelName",
+    "ServiceUnavailable",
+    "TimeLimit",
+    "TooManyImages",
+    "TrainingFailed",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UriTooLong",
+    "ValidationFailed",
+    "VersionNotFound",
+    "WebhookNotDue",
+    "WeightsNotFound",
+    "WorkerLost",
+    "http_error_class",
+]
 
 
-class ImgqError(Exception):
-    """Base of all errors a client may see."""
-
-    code: ClassVar[str] = "internal_error"
-    status: ClassVar[int] = 500
-
-    def __init__(self, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the error envelope's inner object."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            body["details"] = self.details
-        return body
+# --- answers to requests -------------------------------------------------------------------
 
 
 class InvalidRequest(ImgqError):
@@ -35,27 +84,6 @@ class InvalidRequest(ImgqError):
     status = 400
 
 
-class InvalidImage(ImgqError):
-    """The bytes are not a decodable image (unknown format, truncated, corrupt)."""
-
-    code = "invalid_image"
-    status = 400
-
-
-class DecompressionBomb(ImgqError):
-    """The image decodes to more pixels than ``max_image_pixels`` allows."""
-
-    code = "decompression_bomb"
-    status = 400
-
-
-class ImageTooLarge(ImgqError):
-    """One encoded image is over ``max_image_bytes``."""
-
-    code = "image_too_large"
-    status = 413
-
-
 class TooManyImages(ImgqError):
     """A job carries more images than ``max_images_per_job``."""
 
@@ -63,36 +91,139 @@ class TooManyImages(ImgqError):
     status = 400
 
 
-class NotFound(ImgqError):
-    """A job, model or version that does not exist (or is not the caller's)."""
+class ReservedModelName(ImgqError):
+    """The built-in model cannot be fine-tuned into; pick another name."""
 
-    code = "not_found"
-    status = 404
+    code = "reserved_model_name"
+    status = 400
+
+
+class InvalidCallbackUrl(ImgqError):
+    """The callback URL is not one imgq will call."""
+
+    code = "invalid_callback_url"
+    status = 400
+
+
+class ExportNotSupported(ImgqError):
+    """Built-in versions have no trained files or test split to export and check."""
+
+    code = "export_not_supported"
+    status = 400
+
+
+class Unauthorized(ImgqError):
+    """No key, or a key that matches none configured."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(ImgqError):
+    """The key is valid but its role may not do this."""
+
+    code = "forbidden"
+    status = 403
 
 
 class JobNotFound(NotFound):
-    """No job with that id."""
+    """No job with that id (or not the caller's: the two are answered alike)."""
 
     code = "job_not_found"
 
 
-class ModelNotFound(NotFound):
-    """No model with that name in the registry."""
+class ExportNotFound(NotFound):
+    """That export has not been made (yet)."""
 
-    code = "model_not_found"
-
-
-class VersionNotFound(NotFound):
-    """The model exists but not that version."""
-
-    code = "version_not_found"
+    code = "export_not_found"
 
 
-class WeightsNotFound(ImgqError):
-    """Pretrained weights are neither cached nor configured; nothing is downloaded at run time."""
+class MethodNotAllowed(ImgqError):
+    """The path exists, but not with this HTTP method."""
 
-    code = "weights_not_found"
+    code = "method_not_allowed"
+    status = 405
+
+
+class Conflict(ImgqError):
+    """The request conflicts with the resource's state (base of the specific 409s)."""
+
+    code = "conflict"
+    status = 409
+
+
+class JobNotCancelable(Conflict):
+    """The job has ended, or is a predict job already running."""
+
+    code = "job_not_cancelable"
+
+
+class WebhookNotDue(Conflict):
+    """Redelivery asked for a job whose webhook was never due (it has not ended)."""
+
+    code = "webhook_not_due"
+
+
+class IdempotencyConflict(Conflict):
+    """The key was used before with a different request."""
+
+    code = "idempotency_conflict"
+
+
+class PayloadTooLarge(ImgqError):
+    """The request body is over ``IMGQ_MAX_REQUEST_BYTES`` (``IMGQ_MAX_DATASET_BYTES``)."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UriTooLong(ImgqError):
+    """The request line is over the server's limit (answered by gunicorn)."""
+
+    code = "uri_too_long"
+    status = 414
+
+
+class UnsupportedMediaType(ImgqError):
+    """The request body is neither of the content types an endpoint accepts."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class ValidationFailed(ImgqError):
+    """A field fails its schema, or an unknown field was sent (``details`` names them)."""
+
+    code = "validation_error"
+    status = 422
+
+
+class RateLimited(ImgqError):
+    """Too many requests; retry after the time the answer says."""
+
+    code = "rate_limited"
+    status = 429
+
+
+class HeadersTooLarge(ImgqError):
+    """The request headers are too many or too large (answered by gunicorn)."""
+
+    code = "headers_too_large"
+    status = 431
+
+
+class InternalError(ImgqError):
+    """Something unexpected failed; the answer leaks nothing, the log has the traceback."""
+
+    code = "internal_error"
     status = 500
+
+
+class NotImplementedByServer(ImgqError):
+    """A transfer coding the server does not support (answered by gunicorn)."""
+
+    code = "not_implemented"
+    status = 501
 
 
 class ServiceUnavailable(ImgqError):
@@ -102,8 +233,114 @@ class ServiceUnavailable(ImgqError):
     status = 503
 
 
-class UnsupportedMediaType(ImgqError):
-    """The request body is neither of the content types an endpoint accepts."""
+def http_error_class(status: int) -> type[ImgqError] | None:
+    """The error class of a bare HTTP status (werkzeug's, webargs', gunicorn's own answers).
 
-    code = "unsupported_media_type"
-    status = 415
+    None for a status with no class of its own; callers answer those as ``HttpError`` (from
+    the app) or as ``invalid_request`` / ``internal_error`` (gunicorn's parse errors).
+    """
+    return next((cls for cls in _HTTP_STATUS_CLASSES if cls.status == status), None)
+
+
+class HttpError(ImgqError):
+    """Any other HTTP error werkzeug raises (a 416 on a range request); keeps its status."""
+
+    code = "http_error"
+    status = 400
+
+
+# --- why a job failed (stored on the job, never an HTTP answer) ----------------------------
+
+
+class ModelLoadFailed(ImgqError):
+    """A registered version's files cannot be loaded; jobs pinned to it fail with this code."""
+
+    code = "model_load_failed"
+    status = 500
+
+
+class WorkerLost(ImgqError):
+    """The worker running a long job stopped beating (it crashed or was killed)."""
+
+    code = "worker_lost"
+    status = 500
+
+    @classmethod
+    def after_silence(cls, silent_for_s: float) -> WorkerLost:
+        """The error of a job whose heartbeat stopped ``silent_for_s`` ago."""
+        return cls(
+            f"The worker running this job stopped responding for {silent_for_s:.0f} s "
+            "(it crashed or was killed). Nothing was published; submit the job again."
+        )
+
+
+class DeadlineExceeded(ImgqError):
+    """A predict job was still open ``IMGQ_PREDICT_DEADLINE_S`` after it was accepted."""
+
+    code = "deadline_exceeded"
+    status = 500
+
+    @classmethod
+    def after(cls, deadline_s: float) -> DeadlineExceeded:
+        """The error of a job still open ``deadline_s`` after it was accepted."""
+        return cls(f"The job did not finish within {deadline_s:g} s; submit it again.")
+
+
+class TimeLimit(ImgqError):
+    """A fine-tune ran past ``IMGQ_TRAIN_TIME_LIMIT_S``."""
+
+    code = "time_limit"
+    status = 500
+
+    @classmethod
+    def after(cls, limit_s: float) -> TimeLimit:
+        """The error of a fine-tune stopped at ``limit_s``."""
+        return cls(f"Training ran past {limit_s:g} s.")
+
+
+class TrainingFailed(ImgqError):
+    """A fine-tune crashed on something other than its input; the worker log has why."""
+
+    code = "training_failed"
+    status = 500
+
+    def __init__(
+        self,
+        message: str = "Training failed unexpectedly; see the worker logs.",
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, details)
+
+
+class ExportFailed(ImgqError):
+    """An export crashed on something other than its input; the worker log has why."""
+
+    code = "export_failed"
+    status = 500
+
+    def __init__(
+        self,
+        message: str = "The export failed unexpectedly; see the worker logs.",
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, details)
+
+
+_HTTP_STATUS_CLASSES: tuple[type[ImgqError], ...] = (
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    ValidationFailed,
+    RateLimited,
+    HeadersTooLarge,
+    InternalError,
+    NotImplementedByServer,
+    ServiceUnavailable,
+)
+"""The generic class of each status, for answers that carry no imgq error of their own."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import redis
 
-MODELS_CHANNEL = "imgq:models:activated"
-"""Pub/sub channel carrying the name of a model whose active version changed."""
+from imgq.redis_keys import MODELS_CHANNEL
 
 
 def announce_activation(client: redis.Redis, model: str) -> None:

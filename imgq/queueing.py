@@ -6,7 +6,8 @@ imports the worker modules that load TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from celery import Celery
@@ -20,6 +21,32 @@ TRAIN_QUEUE = "train"
 """Queue of fine-tune (and later export) jobs, consumed by training workers."""
 WEBHOOKS_QUEUE = "webhooks"
 """Queue of webhook deliveries."""
+
+
+class WorkerKind(StrEnum):
+    """The three kinds of worker; each consumes its own queue and imports only its own tasks."""
+
+    PREDICT = "predict"
+    """Batched predictions and explanations; keeps models loaded (``--pool threads``)."""
+    TRAIN = "train"
+    """Fine-tunes and exports (``--pool prefork``, TensorFlow only in the child)."""
+    WEBHOOKS = "webhooks"
+    """Webhook deliveries, their scheduler and the reaper (``--pool threads``)."""
+
+    @property
+    def queue(self) -> str:
+        """The queue this kind consumes."""
+        return {
+            WorkerKind.PREDICT: PREDICT_QUEUE,
+            WorkerKind.TRAIN: TRAIN_QUEUE,
+            WorkerKind.WEBHOOKS: WEBHOOKS_QUEUE,
+        }[self]
+
+    @property
+    def app_module(self) -> str:
+        """The module ``celery -A`` names to start this kind (``workers/<kind>_worker.py``)."""
+        return f"workers.{self.value}_worker"
+
 
 PREDICT_IMAGE_TASK = "imgq.predict_image"
 """One message per image: ``(job_id, index)``; the worker batches them."""
@@ -73,9 +100,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
-    """Build a Celery app for imgq; ``include`` names task modules (workers only)."""
-    app = Celery("imgq", include=list(include))
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that only sends (the API, the supervisor); workers use ``make_worker_app``."""
+    app = Celery("imgq")
     app.conf.update(celery_config(settings))
     return app
 

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     """How often a prediction worker re-reads active versions, besides pub/sub announcements."""
 
     api_keys_file: Path | None = _VAR / "api-keys.json"
-    """JSON list of ``{client, role, key_sha256, webhook_secret}`` (see ``imgq.keys``)."""
+    """JSON list of ``{client, role, key_sha256, webhook_secret}`` (see ``imgq.api_keys``)."""
     api_keys: str | None = None
     """The same list inline, added to the file's keys."""
 

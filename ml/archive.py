@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from imgq.errors import ImgqError
+from ml.errors import ArchiveTooLarge, InvalidArchive
 
 CHUNK_BYTES = 1 << 20
 """Bytes read per step while extracting: memory stays bounded whatever a member's size."""
@@ -52,20 +52,6 @@ _ZIP_METHODS = frozenset(
 )
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class InvalidArchive(ImgqError):
-    """The upload is not a readable zip or tar, or one of its members is unsafe to extract."""
-
-    code = "invalid_archive"
-    status = 400
-
-
-class ArchiveTooLarge(ImgqError):
-    """The archive has too many entries, too many bytes, or compresses suspiciously well."""
-
-    code = "archive_too_large"
-    status = 413
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from imgq.errors import ImgqError
+from ml.errors import ImgqError, InvalidDataset
 from ml.preprocess import ImageLimits, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
@@ -39,13 +39,6 @@ SPLITS = ("train", "validation", "test")
 """Split names, as folder names and as keys of ``DatasetLayout.splits``."""
 
 _Pools = dict[str, dict[str, list[str]]]  # split -> class -> image paths as the caller gave them
-
-
-class InvalidDataset(ImgqError):
-    """The files do not form a usable classification dataset."""
-
-    code = "invalid_dataset"
-    status = 400
 
 
 @dataclass(frozen=True)

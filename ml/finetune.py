@@ -22,7 +22,6 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from imgq.errors import ImgqError
 from ml.archive import ArchiveLimits, extract_archive
 from ml.backbones import BACKBONES, WeightSources, load_backbone
 from ml.datasets import (
@@ -32,6 +31,7 @@ from ml.datasets import (
     layout_from_paths,
     load_split,
 )
+from ml.errors import ImgqError, InvalidBase
 from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
 from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
 from ml.preprocess import ImageLimits
@@ -45,13 +45,6 @@ from ml.registry import (
 from ml.train import TrainConfig, TrainingHooks, train_classifier
 
 logger = logging.getLogger(__name__)
-
-
-class InvalidBase(ImgqError):
-    """``base`` names neither a backbone nor an existing ``model:version``."""
-
-    code = "invalid_base"
-    status = 400
 
 
 @dataclass(frozen=True)

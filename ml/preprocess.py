@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgq.errors import DecompressionBomb, ImageTooLarge, InvalidImage
+from ml.errors import DecompressionBomb, ImageTooLarge, InvalidImage
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from imgq.errors import ModelNotFound, VersionNotFound
 from ml.backbone_specs import lite_resolution
+from ml.errors import ModelNotFound, VersionNotFound
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Allowed model names: they are directory names on the store."""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import keras
 
-from imgq.errors import WeightsNotFound
 from ml.efficientnet_lite import assign_torch_weights, build_efficientnet_lite
+from ml.errors import WeightsNotFound
 from ml.torch_checkpoint import load_state_dict
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Fixtures that start the real services: redis-server, Celery workers and gunicorn.
 
 Processes are started with the same command lines as the README's run command
-(``imgq.processes``), each with ``IMGQ_*`` variables built from a test ``Settings``; the test
+(``imgq.local.commands``), each with ``IMGQ_*`` variables built from a test ``Settings``; the test
 process's own environment is never modified.
 """
 
@@ -21,8 +21,8 @@ import redis
 import requests
 from PIL import Image
 
-from imgq.keys import Role, new_key
-from imgq.localrun import (
+from imgq.api_keys import Role, new_key
+from imgq.local.supervisor import (
     REPO,
     Service,
     free_port,

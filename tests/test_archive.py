@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from ml import archive
-from ml.archive import (
-    ArchiveLimits,
-    ArchiveTooLarge,
-    InvalidArchive,
-    extract_archive,
-    list_archive,
-)
+from ml.archive import ArchiveLimits, extract_archive, list_archive
+from ml.errors import ArchiveTooLarge, InvalidArchive
 
 LIMITS = ArchiveLimits(max_entries=100, max_total_bytes=10_000_000, max_ratio=100.0)
 MEGABYTE = 1 << 20

@@ -22,7 +22,7 @@ def imgq(base: str, *args: str, key: str = "admin") -> subprocess.CompletedProce
     """Run the client as a user would, with the URL and key in the environment."""
     env = {**os.environ, "IMGQ_URL": base, "IMGQ_KEY": KEYS[key]}
     return subprocess.run(
-        [sys.executable, "-m", "imgq.cli", *args],
+        [sys.executable, "-m", "imgq.client.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -14,12 +14,12 @@ from ml.archive import ArchiveLimits, extract_archive, list_archive
 from ml.datasets import (
     SPLITS,
     DatasetLayout,
-    InvalidDataset,
     check_decoded_classes,
     dataset_fingerprint,
     layout_from_paths,
     load_split,
 )
+from ml.errors import InvalidDataset
 from ml.preprocess import ImageLimits
 
 IMAGE_LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)

@@ -9,7 +9,7 @@
 * Then the parts are checked against each other and against the application: selectors,
   references, probes, KEDA triggers against the Celery queues and the Redis Service, the
   ConfigMap against ``imgq.settings.Settings``, the image's command lines against
-  ``imgq.processes``, Dockerfiles with hadolint and the shell scripts with shellcheck.
+  ``imgq.local.commands``, Dockerfiles with hadolint and the shell scripts with shellcheck.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from imgq.processes import api_argv, predict_worker_argv, train_worker_argv
+from imgq.local.commands import (
+    api_argv,
+    predict_worker_argv,
+    train_worker_argv,
+    webhooks_worker_argv,
+)
 from imgq.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1144,37 +1149,15 @@ def test_entrypoint_runs_the_command_lines_of_the_local_run() -> None:
         for role_name, argv in (
             ("predict-worker", predict_worker_argv(settings)),
             ("train-worker", train_worker_argv(settings)),
+            ("webhooks-worker", webhooks_worker_argv(settings)),
         ):
             assert entrypoint_argv(role_name, env) == ["python3", *argv[1:]]
-        # No webhooks_worker_argv in imgq.processes yet: the command line as specified.
-        assert entrypoint_argv("webhooks-worker", env) == [
-            "python3",
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--queues",
-            "webhooks",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "8",
-            "--prefetch-multiplier",
-            "1",
-            "--hostname",
-            "webhooks@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            settings.log_level,
-        ]
     assert entrypoint_argv("flower", {}) == [
         "python3",
         "-m",
         "celery",
         "-A",
-        "workers.celery_app",
+        "workers.webhooks_worker",
         "flower",
         "--port=5555",
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgq.envvars import settings_env
+from imgq.local.commands import settings_env
 from imgq.settings import Settings
 from tests.conftest import REPO, WEIGHTS_CACHE, free_port, wait_until
 
@@ -52,7 +52,7 @@ def test_run_command_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> N
     port = free_port()
     env = {**os.environ, **settings_env(_local_settings(tmp_path, port))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgq.devserver"],
+        [sys.executable, "-m", "imgq.local.devserver"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -81,7 +81,7 @@ def test_run_command_follows_its_launcher_when_that_is_killed(tmp_path: Path) ->
     port = free_port()
     env = {**os.environ, **settings_env(_local_settings(tmp_path, port))}
     launcher = subprocess.Popen(
-        ["sh", "-c", f"{sys.executable} -m imgq.devserver; true"],
+        ["sh", "-c", f"{sys.executable} -m imgq.local.devserver; true"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

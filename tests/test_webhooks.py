@@ -14,7 +14,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from imgq.localrun import free_port
+from imgq.local.supervisor import free_port
 from tests.conftest import REPO, SECRETS, Service, http, scrape_url, wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -140,7 +140,7 @@ def test_unreachable_receiver_is_retried_then_failed(
 
 
 def test_signature_scheme_matches_the_documentation() -> None:
-    from imgq.webhooks import sign
+    from imgq.webhooks.signing import sign
 
     body, timestamp = b'{"id": "x"}', "1700000000"
     expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()

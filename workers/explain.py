@@ -9,40 +9,41 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
+from celery import Task
 
 from imgq.errors import ImgqError
+from imgq.jobs.documents import PredictResult
+from imgq.jobs.status import JobType
 from imgq.queueing import EXPLAIN_TASK
-from ml.preprocess import ImageLimits, decode_image
-from workers.celery_app import app, settings
-from workers.metrics import JOBS_FINISHED
-from workers.predict import job_store, model_cache
+from ml.preprocess import decode_image
+from workers.context import WorkerApp, WorkerContext, context_of
+from workers.outcomes import fail_job, succeed_job
 
 logger = logging.getLogger(__name__)
 
-_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 
-
-@app.task(name=EXPLAIN_TASK, acks_late=True)
-def explain_job(job_id: str) -> None:
+def explain_job(context: WorkerContext, job_id: str) -> None:
     """Predict and explain every image of one job, then store the result."""
-    target = job_store.predict_targets([job_id])[job_id]
+    jobs, images = context.jobs, context.images
+    target = images.targets([job_id])[job_id]
     if target is None:
         return  # ended (canceled) or expired
-    job_store.mark_running([job_id])
+    jobs.mark_running([job_id])
     try:
         version = target.version
         if version is None:
-            wanted = model_cache.serving_version(target.model)
-            version = job_store.pin_versions({job_id: wanted})[job_id]
-        classifier = model_cache.get(target.model, version)
-        count = int(job_store.fields(job_id)["image_count"])
-        encoded = job_store.load_images([(job_id, i) for i in range(count)])
-        pixels = [decode_image(b or b"", classifier.image_size, _limits) for b in encoded]
+            wanted = context.models.serving_version(target.model)
+            version = images.pin_versions({job_id: wanted})[job_id]
+        classifier = context.models.get(target.model, version)
+        count = images.image_count(job_id)
+        encoded = images.load([(job_id, i) for i in range(count)])
+        limits = context.image_limits
+        pixels = [decode_image(b or b"", classifier.image_size, limits) for b in encoded]
     except ImgqError as exc:
-        if job_store.fail(job_id, exc.to_dict()):
-            JOBS_FINISHED.labels("predict", "failed", exc.code).inc()
+        fail_job(jobs, JobType.PREDICT, job_id, exc)
         return
     from ml.gradcam import gradcam, overlay_png  # TensorFlow is already loaded in this worker
 
@@ -51,7 +52,7 @@ def explain_job(job_id: str) -> None:
     for index, (image, top) in enumerate(zip(pixels, tops, strict=True)):
         heatmap, explained = gradcam(classifier.model, image, top[0].index)
         name = f"gradcam-{index}.png"
-        job_store.store_artifact(job_id, name, overlay_png(image, heatmap))
+        jobs.store_artifact(job_id, name, overlay_png(image, heatmap))
         explanations.append(
             {
                 "image": index,
@@ -61,13 +62,21 @@ def explain_job(job_id: str) -> None:
             }
         )
         artifacts.append(name)
-    result = {
-        "model": target.model,
-        "version": version,
-        "predictions": [[asdict(p) for p in top] for top in tops],
-        "explanations": explanations,
-        "artifacts": artifacts,
-    }
-    if job_store.succeed(job_id, result):
-        JOBS_FINISHED.labels("predict", "succeeded", "").inc()
+    result = PredictResult(
+        target.model,
+        version,
+        [[asdict(p) for p in top] for top in tops],
+        explanations=explanations,
+        artifacts=artifacts,
+    )
+    succeed_job(jobs, JobType.PREDICT, job_id, result.to_dict())
     logger.info("explained", extra={"job_id": job_id, "images": count})
+
+
+def register_tasks(app: WorkerApp) -> None:
+    """Register ``imgq.explain`` on a prediction worker's app."""
+
+    @app.task(name=EXPLAIN_TASK, acks_late=True, bind=True, shared=False)
+    def explain(task: Task[Any, None], job_id: str) -> None:
+        """One explained predict job, outside the micro-batches."""
+        explain_job(context_of(task.app), job_id)

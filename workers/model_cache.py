@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from imgq.errors import ImgqError
-from imgq.model_events import MODELS_CHANNEL
+from imgq.errors import ImgqError, ModelLoadFailed
+from imgq.redis_keys import MODELS_CHANNEL
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
 from workers.metrics import ACTIVE_VERSION, MODEL_LOAD_FAILURES
@@ -28,13 +28,6 @@ if TYPE_CHECKING:
     from ml.classifier import Classifier
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadFailed(ImgqError):
-    """A registered version's files cannot be loaded; jobs pinned to it fail with this code."""
-
-    code = "model_load_failed"
-    status = 500
 
 
 class ModelCache:

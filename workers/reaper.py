@@ -4,9 +4,9 @@ Celery's late acks cover a prediction worker that dies holding messages: they co
 the visibility timeout. Three cases are left that only a watcher outside the dead worker can
 close:
 
-* a fine-tune or export acked at its start whose worker died: its heartbeat stops, and the
-  job fails with ``worker_lost`` (``JobStore.reap``), since retrying a job that may have killed
-  its worker is the client's call;
+* a fine-tune or export acked at its start whose worker died: its heartbeat stops
+  (``HeartbeatRegistry``), and the job fails with ``worker_lost``, since retrying a job that
+  may have killed its worker is the client's call;
 * a predict image whose message is gone: kombu takes a message off the queue and records it
   as unacknowledged in two steps, and a worker killed between them loses it. Every
   ``IMGQ_PREDICT_CHECK_INTERVAL_S`` an open job's images without a result are looked for in
@@ -23,55 +23,63 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from celery import Celery
 
-from imgq.jobs import JobStatus, JobStore
-from imgq.queued_messages import PendingWork, pending_work
+from imgq.errors import DeadlineExceeded, WorkerLost
+from imgq.jobs.queued_messages import PendingWork, pending_work
+from imgq.jobs.status import JobStatus, JobType
 from imgq.queueing import PREDICT_QUEUE, send_predict_messages
-from imgq.settings import Settings
+from workers.context import WorkerContext
+from workers.outcomes import fail_job
 
 logger = logging.getLogger(__name__)
 
 
-def reap(app: Celery, job_store: JobStore, client: redis.Redis, settings: Settings) -> None:
+def reap(app: Celery, context: WorkerContext) -> None:
     """One sweep: fail long jobs whose worker died; resend lost images; fail overdue jobs."""
-    for job_id in job_store.reap(settings.train_heartbeat_timeout_s):
-        logger.warning("reaped a job whose worker died", extra={"job_id": job_id})
-    due = job_store.claim_due_checks()
+    reap_silent_jobs(context)
+    due = context.predict_checks.claim_due()
     if not due:
         return
-    pending = pending_work(client, PREDICT_QUEUE, settings.predict_check_scan_limit)
+    pending = pending_work(context.redis, PREDICT_QUEUE, context.settings.predict_check_scan_limit)
     for job_id in due:
-        _check(app, job_store, settings, job_id, pending)
+        _check(app, context, job_id, pending)
 
 
-def _check(
-    app: Celery, job_store: JobStore, settings: Settings, job_id: str, pending: PendingWork | None
-) -> None:
-    fields = job_store.fields(job_id)
+def reap_silent_jobs(context: WorkerContext) -> list[str]:
+    """Fail running fine-tunes and exports whose worker stopped beating; returns their ids."""
+    silent_for_s = context.settings.train_heartbeat_timeout_s
+    reaped = []
+    for job_id in context.heartbeats.silent(silent_for_s):
+        job_type = JobType(context.jobs.fields(job_id).get("type", JobType.FINETUNE))
+        if fail_job(context.jobs, job_type, job_id, WorkerLost.after_silence(silent_for_s)):
+            reaped.append(job_id)
+            logger.warning("reaped a job whose worker died", extra={"job_id": job_id})
+        context.heartbeats.forget(job_id)  # failed now, or gone or ended already
+    return reaped
+
+
+def _check(app: Celery, context: WorkerContext, job_id: str, pending: PendingWork | None) -> None:
+    settings = context.settings
+    fields = context.jobs.fields(job_id)
     if not fields or JobStatus(fields["status"]).is_terminal:
         return
     deadline_s = float(fields.get("deadline_s", settings.predict_deadline_s))
     if time.time() - float(fields["created_at"]) >= deadline_s:
-        error = {
-            "code": "deadline_exceeded",
-            "message": f"The job did not finish within {deadline_s:g} s; submit it again.",
-        }
-        if job_store.fail(job_id, error):
+        if fail_job(context.jobs, JobType.PREDICT, job_id, DeadlineExceeded.after(deadline_s)):
             logger.error("failed an overdue job", extra={"job_id": job_id})
         return
     explain = bool(fields.get("explain"))
     lost: list[int] = []
     if pending is not None:  # else the queue is too long to scan: look next time
         # An explained job stores its result at the end, so all its images are missing until then.
-        missing = job_store.missing_images(job_id)
+        missing = context.images.missing(job_id)
         if explain:
             lost = [] if job_id in pending.explained_jobs else missing
         else:
             lost = [i for i in missing if (job_id, i) not in pending.images]
     # Watch again first: if this process dies before sending, the next sweep comes back.
-    job_store.check_again(job_id, settings.predict_check_interval_s, requeued=len(lost))
+    context.predict_checks.check_again(job_id, settings.predict_check_interval_s, resent=len(lost))
     if lost:
         send_predict_messages(app, job_id, lost, explain=explain)
         logger.warning("resent lost messages", extra={"job_id": job_id, "images": len(lost)})

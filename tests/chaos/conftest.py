@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imgq.localrun import free_port
+from imgq.local.supervisor import free_port
 from imgq.settings import Settings
 from tests.chaos.stack import Stack
 

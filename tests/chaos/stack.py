@@ -21,9 +21,8 @@ from typing import Any
 import redis
 import requests
 
-from imgq.job_scripts import REDUNDANT_RESULTS
-from imgq.jobs import JobStatus, record_key
-from imgq.localrun import (
+from imgq.jobs.status import JobStatus
+from imgq.local.supervisor import (
     Service,
     free_port,
     start_api,
@@ -32,7 +31,7 @@ from imgq.localrun import (
     start_webhooks_worker,
     wait_until,
 )
-from imgq.queued_messages import UNACKED_KEY
+from imgq.redis_keys import KOMBU_UNACKED, REDUNDANT_RESULTS, job_record
 from imgq.settings import Settings
 from tests.conftest import http
 
@@ -63,7 +62,7 @@ class Stack:
 
     def held(self) -> int:
         """Messages some worker has taken and not yet acknowledged."""
-        return int(self.client.hlen(UNACKED_KEY))
+        return int(self.client.hlen(KOMBU_UNACKED))
 
     def close(self) -> None:
         """Stop everything, workers first."""
@@ -201,7 +200,7 @@ def settle(
     def statuses() -> list[bytes | None]:
         pipe = client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(record_key(job_id), "status")
+            pipe.hget(job_record(job_id), "status")
         return list(pipe.execute())
 
     def all_ended() -> bool:
@@ -216,12 +215,12 @@ def settle(
             counts[key] = counts.get(key, 0) + 1
         raise AssertionError(
             f"jobs by status {counts}; predict queue {client.llen('predict')}, "
-            f"unacked {client.hlen(UNACKED_KEY)}"
+            f"unacked {client.hlen(KOMBU_UNACKED)}"
         ) from exc
     documents = {job_id: http.get(f"{base}/jobs/{job_id}").json() for job_id in job_ids}
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hmget(record_key(job_id), ["created_at", "finished_at", "requeues"])
+        pipe.hmget(job_record(job_id), ["created_at", "finished_at", "requeues"])
     records = pipe.execute()
     latencies = {
         job_id: float(finished) - float(created)

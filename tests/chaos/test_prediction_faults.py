@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from imgq.job_scripts import REDUNDANT_RESULTS
-from imgq.jobs import record_key
+from imgq.redis_keys import REDUNDANT_RESULTS, job_record
 from tests.chaos.conftest import CHAOS_VISIBILITY_TIMEOUT_S
 from tests.chaos.stack import (
     Outcome,
@@ -119,7 +118,7 @@ def test_redis_restarted_during_submissions(stack: Stack, images: list[tuple[byt
     outcome = settle(stack.api.url, stack.client, submissions)
     assert_each_job_has_its_own_result(outcome, submissions)
     for submission in stream.accepted:
-        assert stack.client.exists(record_key(str(submission.job_id)))
+        assert stack.client.exists(job_record(str(submission.job_id)))
     print(
         f"\nRedis down {up_at - down_at:.1f} s: {outcome.summary(submissions)}; 503s {len(refused)}"
     )

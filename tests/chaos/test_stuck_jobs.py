@@ -14,8 +14,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from imgq.jobs import JobStore, new_job_id, record_key
+from imgq.jobs.predict_images import ImageResult, PredictImages
+from imgq.jobs.store import JobStore, new_job_id
 from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE, make_celery
+from imgq.redis_keys import job_record
 from imgq.settings import Settings
 from tests.conftest import Service, wait_for_job
 
@@ -62,14 +64,16 @@ def test_only_the_images_whose_messages_were_lost_are_sent_again(
 ) -> None:
     job_id = _store_job(settings, redis_client, [cat_jpeg, cat_jpeg])
     stored = [{"label": "stored before the loss", "index": 0, "score": 1.0}]
-    JobStore(redis_client, settings.job_ttl_s).store_predictions([(job_id, 0, stored)])
+    PredictImages(redis_client, settings.job_ttl_s).store(
+        "imagenet", 1, [ImageResult(job_id, 0, stored)]
+    )
     # No message was ever sent: image 1's is "lost", image 0 already has its result.
     document = wait_for_job(api_server, job_id, timeout_s=60)
     assert document["status"] == "succeeded", document
     first, second = document["result"]["predictions"]
     assert first == stored  # not run again
     assert second[0]["index"] == CAT
-    assert redis_client.hget(record_key(job_id), "requeues") == b"1"
+    assert redis_client.hget(job_record(job_id), "requeues") == b"1"
 
 
 def test_an_explained_job_whose_message_was_lost_is_sent_again_whole(
@@ -80,7 +84,7 @@ def test_an_explained_job_whose_message_was_lost_is_sent_again_whole(
     assert document["status"] == "succeeded", document
     assert document["result"]["predictions"][0][0]["index"] == CAT
     assert document["result"]["explanations"][0]["artifact"] == "gradcam-0.png"
-    assert redis_client.hget(record_key(job_id), "requeues") == b"1"
+    assert redis_client.hget(job_record(job_id), "requeues") == b"1"
 
 
 @pytest.mark.usefixtures("predictions_paused")
@@ -90,8 +94,8 @@ def test_images_still_queued_are_not_sent_again(
     job_id = _store_job(settings, redis_client, [cat_jpeg])
     make_celery(settings).send_task(PREDICT_IMAGE_TASK, args=[job_id, 0], queue=PREDICT_QUEUE)
     time.sleep(2)  # the reaper (1 s sweeps) has looked at the job more than once
-    assert redis_client.hget(record_key(job_id), "status") == b"queued"
-    assert redis_client.hget(record_key(job_id), "requeues") is None
+    assert redis_client.hget(job_record(job_id), "status") == b"queued"
+    assert redis_client.hget(job_record(job_id), "requeues") is None
     assert redis_client.llen(PREDICT_QUEUE) == 1
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imgq.localrun import process_tree, start_train_worker, start_webhooks_worker
+from imgq.local.supervisor import process_tree, start_train_worker, start_webhooks_worker
 from imgq.queueing import TRAIN_QUEUE, make_celery
 from imgq.settings import Settings
 from tests.conftest import Service, http, start_with_own_metrics, wait_for_job

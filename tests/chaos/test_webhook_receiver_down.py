@@ -13,8 +13,8 @@ import time
 import pytest
 import redis
 
-from imgq.job_scripts import WEBHOOKS_SCHEDULED
-from imgq.localrun import free_port
+from imgq.local.supervisor import free_port
+from imgq.redis_keys import WEBHOOKS_SCHEDULED
 from imgq.settings import Settings
 from tests.conftest import http, wait_for_job
 

@@ -18,9 +18,7 @@ from typing import Any
 import redis
 
 from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK
-
-UNACKED_KEY = "unacked"
-"""Kombu's hash of delivered, unacknowledged messages (its default ``unacked_key``)."""
+from imgq.redis_keys import KOMBU_UNACKED
 
 
 @dataclass
@@ -57,7 +55,7 @@ def pending_work(client: redis.Redis, queue: str, scan_limit: int) -> PendingWor
         return None
     pipe = client.pipeline(transaction=True)  # one instant: a message moving is seen once
     pipe.lrange(queue, 0, -1)
-    pipe.hvals(UNACKED_KEY)
+    pipe.hvals(KOMBU_UNACKED)
     queued, held = pipe.execute()
     work = PendingWork()
     for raw in queued:

@@ -14,14 +14,8 @@ from dataclasses import dataclass
 
 import redis
 
-from imgq.errors import ImgqError
-
-
-class IdempotencyConflict(ImgqError):
-    """The key was used before with a different request."""
-
-    code = "idempotency_conflict"
-    status = 409
+from imgq.errors import IdempotencyConflict
+from imgq.redis_keys import idempotency_key
 
 
 @dataclass(frozen=True)
@@ -48,10 +42,6 @@ class IdempotencyKeys:
         self._redis = client
         self._ttl_s = ttl_s
 
-    @staticmethod
-    def _key(client: str, key: str) -> str:
-        return f"imgq:idempotency:{client}:{hashlib.sha256(key.encode()).hexdigest()}"
-
     def claim(self, client: str, key: str, content: str, job_id: str) -> Claim | None:
         """Claim ``key`` for a new job; returns the earlier claim instead if there is one.
 
@@ -59,9 +49,9 @@ class IdempotencyKeys:
             IdempotencyConflict: the key was used with different content.
         """
         value = json.dumps({"job_id": job_id, "fingerprint": content})
-        if self._redis.set(self._key(client, key), value, nx=True, ex=self._ttl_s):
+        if self._redis.set(idempotency_key(client, key), value, nx=True, ex=self._ttl_s):
             return None
-        raw = self._redis.get(self._key(client, key))
+        raw = self._redis.get(idempotency_key(client, key))
         if raw is None:  # expired between the two calls: claim again
             return self.claim(client, key, content, job_id)
         earlier = Claim(**json.loads(raw))
@@ -74,4 +64,4 @@ class IdempotencyKeys:
 
     def release(self, client: str, key: str) -> None:
         """Forget a claim whose job could not be created."""
-        self._redis.delete(self._key(client, key))
+        self._redis.delete(idempotency_key(client, key))

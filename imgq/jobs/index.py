@@ -7,29 +7,32 @@ every insert, and entries whose record has already gone are skipped (and removed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 
-ALL_JOBS = "imgq:jobs:all"
-"""Index of every job (what an admin lists)."""
+from imgq.redis_keys import ALL_JOBS, client_jobs
+
 MAX_SCAN_FACTOR = 10
 """A filtered page reads at most this many index entries per job it returns."""
-
-
-def client_index(client: str) -> str:
-    """Key of one client's index."""
-    return f"imgq:jobs:client:{client}"
 
 
 def add_to_indexes(
     pipe: redis.client.Pipeline, job_id: str, client: str, created_at: float, ttl_s: int
 ) -> None:
     """Index a new job (inside the caller's transaction) and trim expired entries."""
-    for key in (ALL_JOBS, client_index(client)):
+    for key in (ALL_JOBS, client_jobs(client)):
         pipe.zadd(key, {job_id: created_at})
         pipe.zremrangebyscore(key, "-inf", created_at - ttl_s)
+
+
+def remove_from_indexes(pipe: redis.client.Pipeline, job_id: str, client: str | None) -> None:
+    """Unlist a job that is being deleted (inside the caller's transaction)."""
+    pipe.zrem(ALL_JOBS, job_id)
+    if client is not None:
+        pipe.zrem(client_jobs(client), job_id)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def page_of_ids(
     key: str,
     limit: int,
     cursor: str | None,
-    keep: Any,
+    keep: Callable[[list[str]], list[str]],
 ) -> Page:
     """Up to ``limit`` ids, newest first, older than ``cursor``, for which ``keep(ids)`` says so.
 

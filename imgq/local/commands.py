@@ -10,8 +10,17 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
+from imgq.queueing import WorkerKind
 from imgq.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``IMGQ_*`` variables that make a child process load the same settings."""
+    return {
+        f"IMGQ_{name.upper()}": str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
 
 
 def redis_argv(settings: Settings, data_dir: Path) -> list[str]:
@@ -58,17 +67,18 @@ def api_argv(settings: Settings, bind: str | None = None) -> list[str]:
     ]
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+def _celery(kind: WorkerKind, *args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", kind.app_module, *args]
 
 
 def _worker_argv(
-    settings: Settings, *, name: str, queue: str, pool: str, concurrency: int, prefetch: int
+    settings: Settings, kind: WorkerKind, *, name: str, pool: str, concurrency: int, prefetch: int
 ) -> list[str]:
-    """One Celery worker consuming one queue; gossip and mingle off (nothing here uses them)."""
+    """One Celery worker of one kind consuming its queue; gossip and mingle off (unused here)."""
     return _celery(
+        kind,
         "worker",
-        "--queues", queue,
+        "--queues", kind.queue,
         "--pool", pool,
         "--concurrency", str(concurrency),
         "--prefetch-multiplier", str(prefetch),
@@ -86,8 +96,8 @@ def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
     """
     return _worker_argv(
         settings,
+        WorkerKind.PREDICT,
         name=name,
-        queue=PREDICT_QUEUE,
         pool="threads",
         concurrency=1,
         prefetch=2 * settings.max_batch_size,
@@ -97,17 +107,29 @@ def predict_worker_argv(settings: Settings, name: str = "predict") -> list[str]:
 def train_worker_argv(settings: Settings, name: str = "train") -> list[str]:
     """A training worker: prefork with one child, which imports TensorFlow after the fork."""
     return _worker_argv(
-        settings, name=name, queue=TRAIN_QUEUE, pool="prefork", concurrency=1, prefetch=1
+        settings, WorkerKind.TRAIN, name=name, pool="prefork", concurrency=1, prefetch=1
     )
 
 
 def webhooks_worker_argv(settings: Settings, name: str = "webhooks") -> list[str]:
-    """A webhooks worker: threads (deliveries wait on the network), and the retry scheduler."""
+    """A webhooks worker: threads (deliveries wait on the network), the scheduler and reaper."""
     return _worker_argv(
-        settings, name=name, queue=WEBHOOKS_QUEUE, pool="threads", concurrency=8, prefetch=1
+        settings, WorkerKind.WEBHOOKS, name=name, pool="threads", concurrency=8, prefetch=1
     )
 
 
+def worker_argv(settings: Settings, kind: WorkerKind, name: str) -> list[str]:
+    """The command line of a worker of ``kind``."""
+    builders = {
+        WorkerKind.PREDICT: predict_worker_argv,
+        WorkerKind.TRAIN: train_worker_argv,
+        WorkerKind.WEBHOOKS: webhooks_worker_argv,
+    }
+    return builders[kind](settings, name)
+
+
 def flower_argv(settings: Settings) -> list[str]:
-    """Flower, Celery's web monitor, for looking at queues and workers."""
-    return _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
+    """Flower, Celery's web monitor, for looking at queues and workers (no tasks of its own)."""
+    return _celery(
+        WorkerKind.WEBHOOKS, "flower", f"--port={settings.flower_port}", "--address=127.0.0.1"
+    )

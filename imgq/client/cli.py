@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from imgq.client import ApiError, ImgqClient, zip_dataset
+from imgq.client.http import ApiError, ImgqClient, zip_dataset
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

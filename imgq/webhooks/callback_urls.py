@@ -16,14 +16,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from imgq.errors import ImgqError
-
-
-class InvalidCallbackUrl(ImgqError):
-    """The callback URL is not one imgq will call."""
-
-    code = "invalid_callback_url"
-    status = 400
+from imgq.errors import InvalidCallbackUrl
 
 
 @dataclass(frozen=True)

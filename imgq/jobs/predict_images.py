@@ -1,0 +1,132 @@
+"""A predict job's fan-out: one message per image, results stored per image, the last completes.
+
+The API stores a job's images with its record (``JobStore.create_predict_job``); prediction
+workers take images from many jobs into one batch, so they read, pin and store *per image*
+through this class. The version a job runs on is pinned when a worker takes its first image,
+so a job never mixes versions; the last image's result completes the job inside the
+``STORE_PREDICTION`` script, so a job ends exactly once and a redelivered message cannot
+change a stored result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from imgq import redis_keys
+from imgq.jobs import scripts
+from imgq.jobs.documents import PredictResult
+from imgq.jobs.status import JobStatus
+
+
+@dataclass(frozen=True)
+class PredictTarget:
+    """What a worker needs to run one image of a predict job."""
+
+    job_id: str
+    model: str
+    version: int | None  # None: whichever version the worker serves when it starts the job
+    top_k: int
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's top-k, ready to store."""
+
+    job_id: str
+    index: int
+    predictions: list[dict[str, Any]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def job_keys(job_id: str) -> list[str]:
+    """The keys every job-ending script takes: record, predictions, images."""
+    return [
+        redis_keys.job_record(job_id),
+        redis_keys.job_predictions(job_id),
+        redis_keys.job_images(job_id),
+    ]
+
+
+class PredictImages:
+    """Per-image reads and writes of predict jobs, for prediction workers and the reaper."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._store_prediction = client.register_script(scripts.STORE_PREDICTION)
+
+    def targets(self, job_ids: Sequence[str]) -> dict[str, PredictTarget | None]:
+        """Fetch what workers need for each job; None for jobs gone or already terminal."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(redis_keys.job_record(job_id), ["status", "model", "version", "top_k"])
+        targets: dict[str, PredictTarget | None] = {}
+        for job_id, (status, model, version, top_k) in zip(job_ids, pipe.execute(), strict=True):
+            if status is None or JobStatus(_text(status)).is_terminal:
+                targets[job_id] = None
+            else:
+                pinned = None if version is None else int(version)
+                targets[job_id] = PredictTarget(job_id, _text(model), pinned, int(top_k))
+        return targets
+
+    def pin_versions(self, versions: dict[str, int]) -> dict[str, int]:
+        """Pin each job to a version unless one is pinned already; returns the pinned versions."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, version in versions.items():
+            pipe.hsetnx(redis_keys.job_record(job_id), "version", str(version))
+            pipe.hget(redis_keys.job_record(job_id), "version")
+        replies = pipe.execute()
+        return {job_id: int(replies[2 * i + 1]) for i, job_id in enumerate(versions)}
+
+    def image_count(self, job_id: str) -> int:
+        """How many images the job has."""
+        return int(self._redis.hget(redis_keys.job_record(job_id), "image_count") or 0)
+
+    def load(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        """Fetch encoded images by ``(job_id, index)`` in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, index in refs:
+            pipe.hget(redis_keys.job_images(job_id), str(index))
+        return list(pipe.execute())
+
+    def store(self, model: str, version: int, results: Sequence[ImageResult]) -> list[float]:
+        """Store per-image predictions of ``model`` ``version``; returns the latency (s) of
+        each job this call completed."""
+        now = time.time()
+        head, tail = PredictResult.frame(model, version)
+        pipe = self._redis.pipeline(transaction=False)
+        for result in results:
+            self._store_prediction(
+                keys=job_keys(result.job_id),
+                args=[
+                    result.index,
+                    json.dumps(result.predictions),
+                    repr(now),
+                    self._ttl_s,
+                    result.job_id,
+                    redis_keys.JOBS_DONE_CHANNEL,
+                    head,
+                    tail,
+                ],
+                client=pipe,
+            )
+        # A completed job's script returns its created_at as a string; others return 0 or 1.
+        return [now - float(outcome) for outcome in pipe.execute() if isinstance(outcome, bytes)]
+
+    def missing(self, job_id: str) -> list[int]:
+        """Indices of a job's images that have no stored prediction yet."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(redis_keys.job_record(job_id), "image_count")
+        pipe.hkeys(redis_keys.job_predictions(job_id))
+        count, done = pipe.execute()
+        stored = {int(_text(index)) for index in done}
+        return [i for i in range(int(count or 0)) if i not in stored]

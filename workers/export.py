@@ -1,0 +1,87 @@
+"""The export task: a trained version in, a checked SavedModel or TFLite file out.
+
+Each export is run by its own runtime over the version's test split (see ``ml.export``), and
+the report (size, agreement with the Keras model, accuracy, ``within_margin``) is both the
+job's result and stored beside the file in the registry. Like fine-tunes, exports run on
+training workers, are acknowledged when they start and beat a heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+
+from imgq.errors import ExportFailed, ExportNotSupported, ImgqError
+from imgq.jobs.status import JobType
+from imgq.queueing import EXPORT_TASK
+from workers.context import WorkerApp, WorkerContext, context_of
+from workers.heartbeat import heartbeat
+from workers.outcomes import fail_job, succeed_job
+
+logger = logging.getLogger(__name__)
+
+
+def run_export_job(context: WorkerContext, job_id: str) -> None:
+    """Produce one export of a model version, check it, and end the job."""
+    jobs = context.jobs
+    fields = jobs.fields(job_id)
+    if not fields or not jobs.mark_running([job_id])[0]:
+        return
+    params = json.loads(fields["params"])
+    model, version = params["model"], int(params["version"])
+    try:
+        with heartbeat(context, job_id):
+            report = _export(context, model, version, params["format"])
+    except ImgqError as exc:
+        fail_job(jobs, JobType.EXPORT, job_id, exc)
+    except Exception:
+        logger.exception("export crashed", extra={"job_id": job_id})
+        fail_job(jobs, JobType.EXPORT, job_id, ExportFailed())
+    else:
+        succeed_job(jobs, JobType.EXPORT, job_id, {"model": model, "version": version, **report})
+
+
+def _export(context: WorkerContext, model: str, version: int, fmt: str) -> dict[str, Any]:
+    import keras
+
+    from ml.export import export_version
+    from ml.registry import ModelRegistry
+
+    settings = context.settings
+    registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
+    meta = registry.get(model, version)
+    if meta.kind != "trained":
+        raise ExportNotSupported(f"{model} v{version} is built in; only trained versions export.")
+    folder = registry.local_version_dir(model, version)
+    keras_model = keras.saving.load_model(folder / "model.keras", compile=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = export_version(
+            keras_model,
+            list(meta.labels),
+            fmt,
+            folder,
+            Path(scratch),
+            margin=settings.export_accuracy_margin,
+        ).to_dict()
+        registry.save_export(model, version, Path(scratch) / report["file_name"], report)
+    return report
+
+
+def register_tasks(app: WorkerApp) -> None:
+    """Register ``imgq.train.export`` on a training worker's app."""
+
+    @app.task(
+        shared=False,  # this app's task only, not every app's in the process
+        name=EXPORT_TASK,
+        bind=True,
+        acks_late=False,
+        soft_time_limit=app.context.settings.train_time_limit_s,
+    )
+    def export(task: Task[Any, None], job_id: str) -> None:
+        """One export job."""
+        run_export_job(context_of(task.app), job_id)

@@ -1,0 +1,128 @@
+"""Webhook delivery: POST the ended job, signed, to its callback URL; one attempt per task.
+
+The attempt's outcome drives the delivery's state machine (``imgq.webhooks.delivery``, which
+also holds the retry schedule): a 2xx delivers; a timeout, a connection error, 429 or 5xx
+schedules the next attempt until the schedule runs out; any other status fails at once, since
+repeating a request the receiver rejected will not help. Redirects are never followed, and the
+connection goes to the address that was checked, never to a second DNS answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import urllib3
+from celery import Task
+
+from imgq.api_keys import KeyRing
+from imgq.errors import InvalidCallbackUrl
+from imgq.queueing import DELIVER_WEBHOOK_TASK
+from imgq.settings import Settings
+from imgq.webhooks.callback_urls import CallbackTarget, check_callback_url
+from imgq.webhooks.delivery import AttemptOutcome, Delivery
+from imgq.webhooks.signing import sign
+from workers.context import WorkerApp, WorkerContext, context_of
+from workers.metrics import WEBHOOK_ATTEMPTS
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "imgq-webhooks/1"
+
+
+def _post(settings: Settings, target: CallbackTarget, body: bytes, headers: dict[str, str]) -> int:
+    """One POST to the checked address; returns the status code."""
+    timeout = urllib3.Timeout(
+        connect=settings.webhook_connect_timeout_s, read=settings.webhook_read_timeout_s
+    )
+    options: dict[str, Any] = {"timeout": timeout, "retries": False, "maxsize": 1}
+    pool: urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            target.address,
+            target.port,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            **options,
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(target.address, target.port, **options)
+    with pool:
+        host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+        response = pool.urlopen(
+            "POST",
+            target.target,
+            body=body,
+            redirect=False,
+            headers={**headers, "Host": host},
+            preload_content=True,
+        )
+        return int(response.status)
+
+
+def _attempt(
+    context: WorkerContext, job_id: str, delivery: Delivery
+) -> tuple[AttemptOutcome, dict[str, Any]]:
+    """Send once; return the outcome and the attempt's record."""
+    settings = context.settings
+    document = context.jobs.get(job_id) or {}
+    body = json.dumps(
+        {**document, "status": str(document.get("status"))}, default=str, sort_keys=True
+    ).encode()
+    timestamp = str(int(time.time()))
+    keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Imgq-Event-Id": delivery.event_id,
+        "Imgq-Timestamp": timestamp,
+        "Imgq-Signature": sign(keys.webhook_secret(delivery.client) or "", timestamp, body),
+    }
+    started = time.monotonic()
+    record: dict[str, Any] = {"at": time.time()}
+    try:
+        target = check_callback_url(delivery.url, settings.webhook_allow_private)
+        status = _post(settings, target, body, headers)
+        record["status_code"] = status
+        outcome = AttemptOutcome.of_status(status)
+    except InvalidCallbackUrl as exc:
+        record["error"], outcome = exc.message, AttemptOutcome.FAILED
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        record["error"], outcome = f"{type(exc).__name__}: {exc}", AttemptOutcome.RETRY
+    record["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return outcome, record
+
+
+def deliver(context: WorkerContext, job_id: str) -> None:
+    """Make one delivery attempt for ``job_id`` and schedule what follows."""
+    deliveries = context.deliveries
+    if not deliveries.lock(job_id):
+        return  # another attempt for this job is running; its outcome decides
+    try:
+        fields = context.jobs.fields(job_id)
+        if not fields.get("callback_url"):
+            return
+        delivery = deliveries.load(job_id) or Delivery.for_job(job_id, fields)
+        if delivery.ended:
+            return
+        outcome, record = _attempt(context, job_id, delivery)
+        WEBHOOK_ATTEMPTS.labels(outcome.value).inc()
+        due = delivery.record(outcome, record, context.settings.webhook_schedule, time.time())
+        if due is not None:
+            deliveries.schedule(job_id, due)
+        deliveries.save(job_id, delivery)
+        logger.info("webhook attempt", extra={"job_id": job_id, "outcome": outcome.value, **record})
+    finally:
+        deliveries.finish(job_id)
+        deliveries.unlock(job_id)
+
+
+def register_tasks(app: WorkerApp) -> None:
+    """Register ``imgq.webhooks.deliver`` on a webhooks worker's app."""
+
+    @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, shared=False)
+    def deliver_webhook(task: Task[Any, None], job_id: str) -> None:
+        """One delivery attempt."""
+        deliver(context_of(task.app), job_id)
