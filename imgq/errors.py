@@ -287,15 +287,15 @@ class DeadlineExceeded(ImgqError):
 
 
 class TimeLimit(ImgqError):
-    """A fine-tune ran past ``IMGQ_TRAIN_TIME_LIMIT_S``."""
+    """A fine-tune or export ran past ``IMGQ_TRAIN_TIME_LIMIT_S``."""
 
     code = "time_limit"
     status = 500
 
     @classmethod
     def after(cls, limit_s: float) -> TimeLimit:
-        """The error of a fine-tune stopped at ``limit_s``."""
-        return cls(f"Training ran past {limit_s:g} s.")
+        """The error of a job stopped at ``limit_s``."""
+        return cls(f"The job ran past its time limit of {limit_s:g} s.")
 
 
 class TrainingFailed(ImgqError):

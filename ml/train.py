@@ -312,7 +312,10 @@ def train_classifier(
         TrainingCanceled: ``hooks.report`` asked to stop; nothing should be published.
     """
     keras.utils.set_random_seed(config.seed)
-    with _strategy().scope():
+    # One strategy for the model's whole life: variables made under one MirroredStrategy
+    # cannot be trained under another, so both phases reuse the one that built the model.
+    strategy = _strategy()
+    with strategy.scope():
         parts = build_classifier(backbone, num_classes, config)
     total = config.epochs + config.fine_tune_epochs
     started = time.monotonic()
@@ -329,7 +332,7 @@ def train_classifier(
     outcome.phase_seconds["head"] = time.monotonic() - started
     if config.fine_tune_epochs > 0 and config.unfreeze > 0:
         started = time.monotonic()
-        with _strategy().scope():
+        with strategy.scope():
             tuned = fine_tune(parts, train, validation, config, hooks)
         for key, values in tuned.items():
             outcome.history.setdefault(key, []).extend(values)

@@ -8,7 +8,6 @@ training workers, are acknowledged when they start and beat a heartbeat.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,34 +15,29 @@ from typing import Any
 
 from celery import Task
 
-from imgq.errors import ExportFailed, ExportNotSupported, ImgqError
+from imgq.errors import ExportFailed, ExportNotSupported
 from imgq.jobs.status import JobType
 from imgq.queueing import EXPORT_TASK
 from workers.context import WorkerApp, WorkerContext, context_of
-from workers.heartbeat import heartbeat
-from workers.outcomes import fail_job, succeed_job
+from workers.long_jobs import claim_long_job, run_watched
+from workers.outcomes import succeed_job
 
 logger = logging.getLogger(__name__)
 
 
 def run_export_job(context: WorkerContext, job_id: str) -> None:
     """Produce one export of a model version, check it, and end the job."""
-    jobs = context.jobs
-    fields = jobs.fields(job_id)
-    if not fields or not jobs.mark_running([job_id])[0]:
+    job = claim_long_job(context, JobType.EXPORT, job_id)
+    if job is None:
         return
-    params = json.loads(fields["params"])
-    model, version = params["model"], int(params["version"])
-    try:
-        with heartbeat(context, job_id):
-            report = _export(context, model, version, params["format"])
-    except ImgqError as exc:
-        fail_job(jobs, JobType.EXPORT, job_id, exc)
-    except Exception:
-        logger.exception("export crashed", extra={"job_id": job_id})
-        fail_job(jobs, JobType.EXPORT, job_id, ExportFailed())
-    else:
-        succeed_job(jobs, JobType.EXPORT, job_id, {"model": model, "version": version, **report})
+    model, version = job.params["model"], int(job.params["version"])
+    ok, report = run_watched(
+        job, lambda: _export(context, model, version, job.params["format"]), ExportFailed()
+    )
+    if ok and report is not None:
+        succeed_job(
+            context.jobs, JobType.EXPORT, job_id, {"model": model, "version": version, **report}
+        )
 
 
 def _export(context: WorkerContext, model: str, version: int, fmt: str) -> dict[str, Any]:

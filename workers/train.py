@@ -14,24 +14,22 @@ kill the next worker too, so the client decides.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from imgq.errors import ImgqError, TimeLimit, TrainingFailed
+from imgq.errors import TrainingFailed
 from imgq.jobs.status import JobType
 from imgq.model_events import announce_activation
 from imgq.queueing import FINETUNE_TASK
 from workers.context import WorkerApp, WorkerContext, context_of
-from workers.heartbeat import heartbeat
+from workers.long_jobs import claim_long_job, run_watched
 from workers.metrics import FINETUNE_SECONDS, serve_metrics
-from workers.outcomes import cancel_running_job, fail_job, succeed_job
+from workers.outcomes import cancel_running_job, succeed_job
 
 logger = logging.getLogger(__name__)
 
@@ -61,30 +59,20 @@ class RedisHooks:
 
 def run_finetune_job(context: WorkerContext, job_id: str) -> None:
     """Run one fine-tune job recorded in Redis under ``job_id``, and end it."""
-    jobs = context.jobs
-    fields = jobs.fields(job_id)
-    if not fields or not jobs.mark_running([job_id])[0]:
-        logger.info("job gone or not queued; skipping", extra={"job_id": job_id})
+    job = claim_long_job(context, JobType.FINETUNE, job_id)
+    if job is None:
         return
-    params = json.loads(fields["params"])
-    archive = Path(params.pop("archive"))
+    archive = Path(job.params.pop("archive"))
     started = time.monotonic()
     try:
-        with heartbeat(context, job_id):
-            result = _train(context, job_id, params, archive)
-    except SoftTimeLimitExceeded:
-        fail_job(
-            jobs, JobType.FINETUNE, job_id, TimeLimit.after(context.settings.train_time_limit_s)
+        ok, result = run_watched(
+            job, lambda: _train(context, job_id, job.params, archive), TrainingFailed()
         )
-    except ImgqError as exc:
-        fail_job(jobs, JobType.FINETUNE, job_id, exc)
-    except Exception:
-        logger.exception("fine-tune crashed", extra={"job_id": job_id})
-        fail_job(jobs, JobType.FINETUNE, job_id, TrainingFailed())
-    else:
+        if not ok:
+            return
         if result is None:
-            cancel_running_job(jobs, JobType.FINETUNE, job_id)
-        elif succeed_job(jobs, JobType.FINETUNE, job_id, result):
+            cancel_running_job(context.jobs, JobType.FINETUNE, job_id)
+        elif succeed_job(context.jobs, JobType.FINETUNE, job_id, result):
             FINETUNE_SECONDS.observe(time.monotonic() - started)
             if result["activated"]:
                 announce_activation(context.redis, result["model"])
