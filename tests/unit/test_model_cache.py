@@ -123,15 +123,21 @@ def test_refresh_with_an_unchanged_active_version_loads_nothing(tmp_path: Path, 
     assert cache.loads == [(model, 1)]
 
 
-def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving_and_is_counted(
-    tmp_path: Path, model: str
-) -> None:
+def _serve_then_activate_a_corrupt_version(tmp_path: Path, model: str) -> FakeLoadingCache:
+    """A cache serving version 1 of ``model``, after version 2 (corrupt) was activated."""
     cache = _cache(tmp_path)
     cache.registry.activate(model, _publish(cache.registry, model))
     cache.serving_version(model)
-    failures_before = _load_failures(model)
-
     cache.registry.activate(model, _publish(cache.registry, model, CORRUPT))
+    return cache
+
+
+def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving_and_is_counted(
+    tmp_path: Path, model: str
+) -> None:
+    failures_before = _load_failures(model)
+    cache = _serve_then_activate_a_corrupt_version(tmp_path, model)
+
     cache.refresh(model)
 
     assert cache.serving_version(model) == 1
@@ -144,10 +150,7 @@ def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving_and_is_coun
 def test_a_fixed_version_is_picked_up_by_the_next_refresh_after_a_failed_one(
     tmp_path: Path, model: str
 ) -> None:
-    cache = _cache(tmp_path)
-    cache.registry.activate(model, _publish(cache.registry, model))
-    cache.serving_version(model)
-    cache.registry.activate(model, _publish(cache.registry, model, CORRUPT))
+    cache = _serve_then_activate_a_corrupt_version(tmp_path, model)
     cache.refresh(model)
 
     cache.registry.activate(model, _publish(cache.registry, model))

@@ -64,15 +64,20 @@ def test_a_new_delivery_is_pending_with_an_event_id_of_job_and_status() -> None:
     assert not delivery.ended
 
 
-def test_a_2xx_attempt_delivers_and_schedules_nothing() -> None:
+@pytest.mark.parametrize(
+    ("status", "state"), [(200, DeliveryState.DELIVERED), (404, DeliveryState.FAILED)]
+)
+def test_a_final_status_ends_the_delivery_at_once_and_schedules_nothing(
+    status: int, state: DeliveryState
+) -> None:
     delivery = _delivery()
 
     due = delivery.record(
-        AttemptOutcome.of_status(200), _attempt(1, status_code=200), SCHEDULE, NOW
+        AttemptOutcome.of_status(status), _attempt(1, status_code=status), SCHEDULE, NOW
     )
 
     assert due is None
-    assert delivery.state is DeliveryState.DELIVERED
+    assert delivery.state is state
     assert delivery.next_attempt_at is None
     assert delivery.ended
 
@@ -122,18 +127,6 @@ def test_a_retryable_attempt_fails_the_delivery_once_the_schedule_runs_out() -> 
     assert delivery.state is DeliveryState.FAILED
     assert delivery.next_attempt_at is None
     assert len(delivery.attempts) == len(SCHEDULE)
-
-
-def test_a_non_retryable_status_fails_at_once_with_the_schedule_unused() -> None:
-    delivery = _delivery()
-
-    due = delivery.record(
-        AttemptOutcome.of_status(404), _attempt(1, status_code=404), SCHEDULE, NOW
-    )
-
-    assert due is None
-    assert delivery.state is DeliveryState.FAILED
-    assert delivery.ended
 
 
 def test_a_delivery_after_retries_clears_the_next_attempt_time() -> None:
