@@ -19,7 +19,8 @@ from werkzeug.test import TestResponse
 from api.app import create_app
 from api.errors import server_error_response
 from imgq.settings import Settings
-from tests.conftest import KEYS, jpeg_bytes
+from tests.support.http import credentials
+from tests.support.images import jpeg_bytes
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
         settings.model_copy(update={"max_request_bytes": 2_000_000, "max_images_per_job": 3})
     )
     with app.test_client() as test_client:
-        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['admin']}"
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.keys['admin']}"
         yield test_client
 
 
@@ -126,7 +127,7 @@ def test_a_recursion_error_outside_json_parsing_stays_a_500(settings: Settings) 
 
     app.add_url_rule("/recurse", "recurse", lambda: str(countdown(0)))
     response = app.test_client().get(
-        "/recurse", headers={"Authorization": f"Bearer {KEYS['admin']}"}
+        "/recurse", headers={"Authorization": f"Bearer {credentials.keys['admin']}"}
     )
     assert _error(response) == (500, "internal_error")
 
@@ -214,7 +215,7 @@ def test_broker_down_is_a_503_and_leaves_no_job_behind(
     dead_broker = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     app = create_app(dead_broker)
     client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['alice']}"
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.keys['alice']}"
     before = client.get("/jobs?limit=100").get_json()["jobs"]
     response = client.post(
         "/jobs/predict",
@@ -226,7 +227,7 @@ def test_broker_down_is_a_503_and_leaves_no_job_behind(
     assert client.get("/jobs?limit=100").get_json()["jobs"] == before
     # The key was released with the job: once the broker is back, the retry is accepted.
     healthy = create_app(settings).test_client()
-    healthy.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['alice']}"
+    healthy.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.keys['alice']}"
     retry = healthy.post(
         "/jobs/predict",
         json={"images": [_b64(small_jpeg)]},

@@ -7,9 +7,11 @@ import base64
 
 import pytest
 
+from imgq.local.supervisor import Service
 from imgq.queueing import PREDICT_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, http, scrape, wait_for_job
+from tests.support.http import http, wait_for_job
+from tests.support.metrics import scrape
 
 pytestmark = pytest.mark.e2e
 

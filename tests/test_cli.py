@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KEYS, REPO, Service
-from tests.test_finetune_e2e import make_dataset_zip
+from imgq.local.supervisor import REPO, Service
+from tests.support.datasets import make_dataset_zip
+from tests.support.http import credentials
 
 pytestmark = pytest.mark.e2e
 
 
 def imgq(base: str, *args: str, key: str = "admin") -> subprocess.CompletedProcess[str]:
     """Run the client as a user would, with the URL and key in the environment."""
-    env = {**os.environ, "IMGQ_URL": base, "IMGQ_KEY": KEYS[key]}
+    env = {**os.environ, "IMGQ_URL": base, "IMGQ_KEY": credentials.keys[key]}
     return subprocess.run(
         [sys.executable, "-m", "imgq.client.cli", *args],
         cwd=REPO,

@@ -11,8 +11,10 @@ import requests
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from imgq.local.supervisor import Service
 from imgq.settings import Settings
-from tests.conftest import KEYS, Service, http, jpeg_bytes, wait_for_job
+from tests.support.http import credentials, http, wait_for_job
+from tests.support.images import jpeg_bytes
 
 SMALL = base64.b64encode(jpeg_bytes(np.full((24, 24, 3), 90, np.uint8))).decode()
 
@@ -116,7 +118,7 @@ def test_listing_is_newest_first_filtered_and_paginated(
 def strict_client(settings: Settings) -> Iterator[FlaskClient]:
     app = create_app(settings.model_copy(update={"webhook_allow_private": False}))
     with app.test_client() as client:
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['alice']}"
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.keys['alice']}"
         yield client
 
 

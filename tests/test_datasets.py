@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ml.archive import ArchiveLimits, extract_archive, list_archive
 from ml.datasets import (
@@ -21,16 +19,11 @@ from ml.datasets import (
 )
 from ml.errors import InvalidDataset
 from ml.preprocess import ImageLimits
+from tests.support.images import solid_image
 
 IMAGE_LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
 ARCHIVE_LIMITS = ArchiveLimits(max_entries=1000, max_total_bytes=10_000_000, max_ratio=100.0)
 COLOURS = {"cats": (220, 20, 20), "dogs": (20, 200, 20), "fish": (20, 20, 220)}
-
-
-def _image(colour: tuple[int, int, int], fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def _flat(per_class: int, classes: tuple[str, ...] = ("cats", "dogs", "fish")) -> list[str]:
@@ -182,7 +175,7 @@ def _write_dataset(root: Path, per_class: int = 3) -> list[str]:
             fmt = "PNG" if index % 2 else "JPEG"
             path = f"{name}/{index}.{fmt.lower()}"
             (root / name).mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(_image(colour, fmt))
+            (root / path).write_bytes(solid_image(colour, fmt))
             paths.append(path)
     return paths
 
@@ -198,7 +191,7 @@ def test_the_fingerprint_depends_on_content_and_split_not_on_where_the_files_are
     assert len(fingerprint) == 64
     assert dataset_fingerprint(second, layout) == fingerprint
     assert dataset_fingerprint(first, layout_from_paths(paths, 3, seed=5)) != fingerprint
-    (second / "dogs/1.png").write_bytes(_image((0, 0, 0), "PNG"))
+    (second / "dogs/1.png").write_bytes(solid_image((0, 0, 0), "PNG"))
     assert dataset_fingerprint(second, layout) != fingerprint
 
 
@@ -302,7 +295,7 @@ def test_an_uploaded_class_folder_archive_is_checked_before_and_loaded_after_ext
     tmp_path: Path,
 ) -> None:
     members = {
-        f"flowers/{name}/{index}.png": _image(colour, "PNG")
+        f"flowers/{name}/{index}.png": solid_image(colour, "PNG")
         for name, colour in COLOURS.items()
         for index in range(5)
     }
@@ -318,7 +311,7 @@ def test_an_uploaded_class_folder_archive_is_checked_before_and_loaded_after_ext
 
 def test_an_uploaded_train_and_test_archive_keeps_its_test_images(tmp_path: Path) -> None:
     members = {
-        f"{split}/{name}/{index}.jpg": _image(colour, "JPEG")
+        f"{split}/{name}/{index}.jpg": solid_image(colour, "JPEG")
         for split, count in (("train", 6), ("test", 2))
         for name, colour in COLOURS.items()
         for index in range(count)

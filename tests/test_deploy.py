@@ -1,8 +1,8 @@
 """The container images and the Kubernetes manifests, checked offline in a few seconds.
 
-* ``deploy/overlays/*`` are rendered by a small Kustomize renderer below (only the subset of
-  Kustomize that ``deploy/`` uses; anything else is an error, not a silent difference) and
-  cross-checked against ``kubectl kustomize`` where kubectl exists.
+* ``deploy/overlays/*`` are rendered by a small Kustomize renderer, ``tests.support.kustomize``
+  (only the subset of Kustomize that ``deploy/`` uses; anything else is an error, not a silent
+  difference), tested here and cross-checked against ``kubectl kustomize`` where kubectl exists.
 * Every rendered object is validated: built-in kinds with ``kubernetes-validate`` against the
   pinned Kubernetes version's schemas (strict: unknown fields fail), KEDA objects against the
   CRD's ``openAPIV3Schema`` kept in ``tests/data/keda`` (made strict the same way).
@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import copy
 import functools
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -26,7 +24,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,6 +41,27 @@ from imgq.local.commands import (
     webhooks_worker_argv,
 )
 from imgq.settings import Settings
+from tests.support.kustomize import (
+    KustomizeError,
+    apply_json6902,
+    kustomize_base64,
+    kustomize_hash,
+    render,
+    strategic_merge,
+)
+from tests.support.manifests import (
+    Manifest,
+    containers,
+    env_names,
+    generated,
+    one,
+    probe_command,
+    role,
+    selects,
+    split_image,
+    template_labels,
+    workloads,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -53,384 +72,8 @@ OVERLAYS = ["cpu", "gpu"]
 KUBERNETES_VERSION = "1.33.0"
 """Kubernetes version whose schemas the manifests must satisfy (shipped by kubernetes-validate)."""
 
-Manifest = dict[str, Any]
-
-
-# --- A renderer for the subset of Kustomize that deploy/ uses -----------------------------------
-
-
-class KustomizeError(Exception):
-    """A kustomization is wrong, or uses something outside the subset rendered here."""
-
-
-KUSTOMIZATION_KEYS = {
-    "apiVersion",
-    "kind",
-    "resources",
-    "namespace",
-    "labels",
-    "images",
-    "patches",
-    "configMapGenerator",
-    "secretGenerator",
-}
-CLUSTER_SCOPED = {
-    "Namespace",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "CustomResourceDefinition",
-    "PersistentVolume",
-    "StorageClass",
-    "PriorityClass",
-}
-BUILTIN_KINDS = {
-    "Namespace",
-    "ServiceAccount",
-    "ConfigMap",
-    "Secret",
-    "Service",
-    "PersistentVolumeClaim",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "PodDisruptionBudget",
-    "HorizontalPodAutoscaler",
-    "NetworkPolicy",
-}
-POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
-MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "ports": "containerPort",
-    "imagePullSecrets": "name",
-    "topologySpreadConstraints": "topologyKey",
-}
-"""Strategic-merge keys of the Kubernetes lists patched here (their ``patchMergeKey``)."""
-REPLACED_LISTS = {"tolerations", "envFrom"}
-"""Lists of objects that a strategic merge patch replaces whole (no merge key in Kubernetes)."""
-
-
-@dataclass
-class Build:
-    """Resources of one kustomization, and which of them generators made (named before hashing)."""
-
-    resources: list[Manifest]
-    generated: set[tuple[str, str]] = field(default_factory=set)
-
-
-def render(directory: Path) -> list[Manifest]:
-    """Render a kustomization directory as ``kustomize build`` does, for the supported subset.
-
-    Supported: ``resources`` (files and directories), ``configMapGenerator`` and
-    ``secretGenerator`` (``envs``, ``literals``, ``behavior``) with their content-hash name
-    suffix, ``patches`` (strategic merge for built-in kinds, JSON 6902 with a target),
-    ``namespace``, ``labels`` (``includeTemplates``) and ``images``. Unlike kustomize, a patch
-    that matches no resource is an error.
-    """
-    build = _build(directory)
-    renames = {}
-    for manifest in build.resources:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in build.generated:
-            renames[key] = f"{key[1]}-{kustomize_hash(manifest)}"
-            manifest["metadata"]["name"] = renames[key]
-    for manifest in build.resources:
-        for pod_spec in _pod_specs(manifest):
-            _rename_references(pod_spec, renames)
-    return build.resources
-
-
-def _build(directory: Path) -> Build:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - KUSTOMIZATION_KEYS
-    if unsupported:
-        raise KustomizeError(f"{directory}: unsupported kustomization fields {sorted(unsupported)}")
-    build = Build(resources=[])
-    for entry in kustomization.get("resources", []):
-        _load(directory / entry, build)
-    for kind, key in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
-        for spec in kustomization.get(key, []):
-            _generate(directory, kind, spec, build)
-    for patch in kustomization.get("patches", []):
-        _apply_patch(directory, patch, build.resources)
-    if "namespace" in kustomization:
-        for manifest in build.resources:
-            if manifest["kind"] not in CLUSTER_SCOPED:
-                manifest["metadata"]["namespace"] = kustomization["namespace"]
-    for entry in kustomization.get("labels", []):
-        _add_labels(entry, build.resources)
-    for image in kustomization.get("images", []):
-        _set_image(image, build.resources)
-    ids = [
-        (m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]) for m in build.resources
-    ]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}, key=str)
-    if duplicates:
-        raise KustomizeError(f"{directory}: duplicate resources {duplicates}")
-    return build
-
-
-def _load(path: Path, build: Build) -> None:
-    """Add a resources entry: a kustomization directory, built first, or a YAML file."""
-    if path.is_dir():
-        sub = _build(path.resolve())
-        build.resources += sub.resources
-        build.generated |= sub.generated
-    else:
-        build.resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def _read_env_file(path: Path) -> list[tuple[str, str]]:
-    """KEY=VALUE lines as kustomize reads them: leading blanks and # comments skipped."""
-    pairs = []
-    for line in path.read_text().splitlines():
-        line = line.lstrip()  # noqa: PLW2901
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise KustomizeError(f"{path}: {key!r} has no value (kustomize would read the OS env)")
-        pairs.append((key, value))
-    return pairs
-
-
-def kustomize_base64(value: str) -> str:
-    """Base64 as kustomize writes Secret data: lines of 70, each ending in a newline if several."""
-    encoded = base64.b64encode(value.encode()).decode()
-    if len(encoded) < 70:
-        return encoded
-    return "".join(encoded[i : i + 70] + "\n" for i in range(0, len(encoded), 70))
-
-
-def _generate(directory: Path, kind: str, spec: Manifest, build: Build) -> None:
-    allowed = {"name", "envs", "literals", "behavior"} | ({"type"} if kind == "Secret" else set())
-    if set(spec) - allowed:
-        raise KustomizeError(f"{spec.get('name')}: unsupported fields {set(spec) - allowed}")
-    pairs = [pair for env in spec.get("envs", []) for pair in _read_env_file(directory / env)]
-    for literal in spec.get("literals", []):
-        key, sep, value = literal.partition("=")
-        if not sep or value[:1] in {"'", '"'}:
-            raise KustomizeError(f"unsupported literal {literal!r}")
-        pairs.append((key, value))
-    if len({key for key, _ in pairs}) != len(pairs):
-        raise KustomizeError(f"{spec['name']}: a key is given twice")
-    data = {key: value if kind == "ConfigMap" else kustomize_base64(value) for key, value in pairs}
-    name, behavior = spec["name"], spec.get("behavior", "create")
-    existing = [m for m in build.resources if (m["kind"], m["metadata"]["name"]) == (kind, name)]
-    if behavior == "create" and not existing:
-        manifest: Manifest = {
-            "apiVersion": "v1",
-            "kind": kind,
-            "metadata": {"name": name},
-            "data": data,
-        }
-        if kind == "Secret":
-            manifest["type"] = spec.get("type", "Opaque")
-        build.resources.append(manifest)
-        build.generated.add((kind, name))
-    elif behavior in {"merge", "replace"} and existing and (kind, name) in build.generated:
-        existing[0]["data"] = {**existing[0]["data"], **data} if behavior == "merge" else data
-    else:
-        raise KustomizeError(f"{kind} {name}: behavior {behavior!r} does not fit what exists")
-
-
-def kustomize_hash(manifest: Manifest) -> str:
-    """The name suffix kustomize gives a generated ConfigMap or Secret.
-
-    kustomize hashes the JSON of kind, data (and type) with an *empty* name: it looks the name
-    up under the literal key ``metadata/name``, finds nothing and uses "". Mirrored here so the
-    names agree with kustomize's.
-    """
-    fields: Manifest = {"kind": manifest["kind"], "name": "", "data": manifest.get("data", "")}
-    if manifest["kind"] == "Secret":
-        fields["type"] = manifest.get("type", "")
-    # Go's json.Marshal: sorted keys, no spaces, <, > and & escaped.
-    encoded = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        encoded = encoded.replace(char, escape)
-    digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
-    return digest.translate(str.maketrans("013ae", "ghkmt"))
-
-
-def _matches(manifest: Manifest, target: Manifest) -> bool:
-    unsupported = set(target) - {"group", "version", "kind", "name", "namespace"}
-    if unsupported:
-        raise KustomizeError(f"unsupported patch target fields {sorted(unsupported)}")
-    group, _, version = manifest["apiVersion"].rpartition("/")
-    actual = {
-        "group": group,
-        "version": version,
-        "kind": manifest["kind"],
-        "name": manifest["metadata"]["name"],
-        "namespace": manifest["metadata"].get("namespace"),
-    }
-    return all(actual[key] == value for key, value in target.items())
-
-
-def _apply_patch(directory: Path, patch: Manifest, resources: list[Manifest]) -> None:
-    if set(patch) - {"path", "patch", "target"}:
-        raise KustomizeError(f"unsupported patch fields {sorted(set(patch))}")
-    text = (directory / patch["path"]).read_text() if "path" in patch else patch["patch"]
-    body = yaml.safe_load(text)
-    target = patch.get("target")
-    if isinstance(body, list) and target is None:
-        raise KustomizeError("a JSON 6902 patch needs a target")
-    if target is None:
-        group, _, version = body["apiVersion"].rpartition("/")
-        target = {
-            "group": group,
-            "version": version,
-            "kind": body["kind"],
-            "name": body["metadata"]["name"],
-        }
-    indexes = [i for i, manifest in enumerate(resources) if _matches(manifest, target)]
-    if not indexes:
-        raise KustomizeError(f"patch {patch.get('path', '(inline)')} matches no resource: {target}")
-    for i in indexes:
-        if isinstance(body, list):
-            apply_json6902(resources[i], body)
-        elif resources[i]["kind"] in BUILTIN_KINDS:
-            resources[i] = strategic_merge(resources[i], body)
-        else:
-            raise KustomizeError(f"strategic merge into {resources[i]['kind']} is not supported")
-
-
-def strategic_merge(target: Any, patch: Any, field_name: str = "") -> Any:
-    """Kubernetes strategic merge, for maps and the lists in MERGE_KEYS and REPLACED_LISTS.
-
-    Like kustomize, a merged list holds the patch's items first (merged into the existing item
-    with the same key), then the existing items the patch does not name. ``null`` deletes.
-    """
-    if isinstance(patch, dict):
-        if any(key.startswith("$") for key in patch):
-            raise KustomizeError(f"patch directives are not supported: {sorted(patch)}")
-        merged = dict(target) if isinstance(target, dict) else {}
-        for key, value in patch.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = strategic_merge(merged.get(key), value, key)
-        return merged
-    if isinstance(patch, list) and any(isinstance(item, dict) for item in patch):
-        if field_name in REPLACED_LISTS:
-            return copy.deepcopy(patch)
-        if field_name not in MERGE_KEYS:
-            raise KustomizeError(f"no strategic-merge rule for the list {field_name!r}")
-        key = MERGE_KEYS[field_name]
-        if not all(key in item for item in [*patch, *(target or [])]):
-            raise KustomizeError(f"items of {field_name!r} without their merge key {key!r}")
-        existing = {item[key]: item for item in target or []}
-        named = {item[key] for item in patch}
-        return [strategic_merge(existing.get(item[key]), item) for item in patch] + [
-            copy.deepcopy(item) for item in target or [] if item[key] not in named
-        ]
-    return copy.deepcopy(patch)
-
-
-def apply_json6902(manifest: Manifest, operations: list[Manifest]) -> None:
-    """Apply JSON patch operations (add, remove, replace, test) in place."""
-    for operation in operations:
-        tokens = [t.replace("~1", "/").replace("~0", "~") for t in operation["path"].split("/")[1:]]
-        parent: Any = manifest
-        for token in tokens[:-1]:
-            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
-        last: Any = tokens[-1]
-        if isinstance(parent, list):
-            last = len(parent) if last == "-" else int(last)
-        elif operation["op"] in {"remove", "replace", "test"} and last not in parent:
-            raise KustomizeError(f"{operation['op']} {operation['path']}: no such field")
-        if operation["op"] == "add" and isinstance(parent, list):
-            parent.insert(last, operation["value"])
-        elif operation["op"] in {"add", "replace"}:
-            parent[last] = operation["value"]
-        elif operation["op"] == "remove":
-            del parent[last]
-        elif operation["op"] != "test" or parent[last] != operation["value"]:
-            raise KustomizeError(f"JSON patch operation failed or unsupported: {operation}")
-
-
-def _add_labels(entry: Manifest, resources: list[Manifest]) -> None:
-    supported = {"pairs", "includeTemplates", "includeSelectors"}
-    if set(entry) - supported or entry.get("includeSelectors"):
-        raise KustomizeError(f"unsupported labels entry {entry}")
-    for manifest in resources:
-        manifest["metadata"].setdefault("labels", {}).update(entry["pairs"])
-        if entry.get("includeTemplates") and manifest["kind"] in POD_TEMPLATE_KINDS:
-            template = manifest["spec"]["template"].setdefault("metadata", {})
-            template.setdefault("labels", {}).update(entry["pairs"])
-            for claim in manifest["spec"].get("volumeClaimTemplates", []):
-                claim["metadata"].setdefault("labels", {}).update(entry["pairs"])
-
-
-def split_image(image: str) -> tuple[str, str | None, str | None]:
-    """``name[:tag][@digest]`` into its parts (a registry port is part of the name)."""
-    name, _, digest = image.partition("@")
-    slash = name.rfind("/")
-    if ":" in name[slash + 1 :]:
-        name, _, tag = name.rpartition(":")
-        return name, tag, digest or None
-    return name, None, digest or None
-
-
-def _set_image(spec: Manifest, resources: list[Manifest]) -> None:
-    if set(spec) - {"name", "newName", "newTag", "digest"}:
-        raise KustomizeError(f"unsupported images entry {spec}")
-    for manifest in resources:
-        for container in containers(manifest):
-            name, tag, digest = split_image(container["image"])
-            if name != spec["name"]:
-                continue
-            image = spec.get("newName", name)
-            if "digest" in spec:
-                image += "@" + spec["digest"]
-            elif "newTag" in spec:
-                image += ":" + str(spec["newTag"])
-            else:
-                image += (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
-            container["image"] = image
-
-
-def _rename_references(pod_spec: Manifest, renames: dict[tuple[str, str], str]) -> None:
-    """Point a pod's ConfigMap and Secret references at the hashed names, as kustomize does."""
-
-    def rename(ref: Manifest | None, kind: str, key: str = "name") -> None:
-        if ref is not None and (kind, ref.get(key)) in renames:
-            ref[key] = renames[(kind, ref[key])]
-
-    for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
-        for source in container.get("envFrom", []):
-            rename(source.get("configMapRef"), "ConfigMap")
-            rename(source.get("secretRef"), "Secret")
-        for variable in container.get("env", []):
-            rename(variable.get("valueFrom", {}).get("configMapKeyRef"), "ConfigMap")
-            rename(variable.get("valueFrom", {}).get("secretKeyRef"), "Secret")
-    for volume in pod_spec.get("volumes", []):
-        rename(volume.get("configMap"), "ConfigMap")
-        rename(volume.get("secret"), "Secret", "secretName")
-    for secret in pod_spec.get("imagePullSecrets", []):
-        rename(secret, "Secret")
-
 
 # --- Queries on rendered manifests ------------------------------------------------------------
-
-
-def _pod_specs(manifest: Manifest) -> list[Manifest]:
-    if manifest["kind"] in POD_TEMPLATE_KINDS:
-        return [manifest["spec"]["template"]["spec"]]
-    return []
-
-
-def containers(manifest: Manifest) -> list[Manifest]:
-    """Every container and init container of a workload."""
-    return [
-        container
-        for pod_spec in _pod_specs(manifest)
-        for container in pod_spec.get("initContainers", []) + pod_spec["containers"]
-    ]
 
 
 @functools.cache
@@ -441,24 +84,6 @@ def _rendered(overlay: str) -> tuple[Manifest, ...]:
 def rendered(overlay: str) -> list[Manifest]:
     """A fresh copy of an overlay's rendered objects (tests may change their copy)."""
     return copy.deepcopy(list(_rendered(overlay)))
-
-
-def one(manifests: list[Manifest], kind: str, name: str) -> Manifest:
-    """The object of that kind and name, or fail."""
-    found = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-    return found[0]
-
-
-def generated(manifests: list[Manifest], kind: str, base_name: str) -> Manifest:
-    """The generated ConfigMap or Secret whose name is base_name plus a hash suffix."""
-    found = [
-        m
-        for m in manifests
-        if m["kind"] == kind and re.fullmatch(rf"{base_name}-[a-z0-9]{{10}}", m["metadata"]["name"])
-    ]
-    assert len(found) == 1, f"expected one generated {kind} {base_name}-<hash>"
-    return found[0]
 
 
 def config(manifests: list[Manifest]) -> dict[str, str]:
@@ -480,49 +105,6 @@ def secret(manifests: list[Manifest]) -> dict[str, str]:
     """The decoded data of the Redis Secret."""
     data = generated(manifests, "Secret", "imgq-redis")["data"]
     return {key: base64.b64decode(value).decode() for key, value in data.items()}
-
-
-def workloads(manifests: list[Manifest]) -> list[Manifest]:
-    """Deployments and StatefulSets."""
-    return [m for m in manifests if m["kind"] in POD_TEMPLATE_KINDS]
-
-
-def template_labels(workload: Manifest) -> dict[str, str]:
-    """Labels of a workload's pods."""
-    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
-    return labels
-
-
-def selects(selector: Manifest, labels: dict[str, str]) -> bool:
-    """Whether a LabelSelector (matchLabels and In/NotIn/Exists expressions) matches labels."""
-    for key, value in selector.get("matchLabels", {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions", []):
-        key, operator = expression["key"], expression["operator"]
-        if operator == "In" and labels.get(key) not in expression["values"]:
-            return False
-        if operator == "NotIn" and labels.get(key) in expression["values"]:
-            return False
-        if operator in {"Exists", "DoesNotExist"} and (key in labels) != (operator == "Exists"):
-            return False
-    return True
-
-
-def role(workload: Manifest) -> str:
-    """The image role a workload's main container runs (its first argument)."""
-    role_name: str = workload["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    return role_name
-
-
-def env_names(container: Manifest) -> set[str]:
-    """Names of the variables a container sets one by one."""
-    return {variable["name"] for variable in container.get("env", [])}
-
-
-def probe_command(probe: Manifest) -> str:
-    """An exec probe's command as one string."""
-    return " ".join(probe["exec"]["command"])
 
 
 # --- Validation -------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from imgq.local.commands import settings_env
+from imgq.local.supervisor import REPO, free_port, wait_until
 from imgq.settings import Settings
-from tests.conftest import REPO, WEIGHTS_CACHE, free_port, wait_until
+from tests.support.services import WEIGHTS_CACHE
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from tests.conftest import Service, http, wait_for_job
+from imgq.local.supervisor import Service
+from tests.support.http import http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import Service, http, wait_for_job
-from tests.test_finetune_e2e import _cat_image, _finetune, make_dataset_zip
+from imgq.local.supervisor import Service
+from tests.support.datasets import cat_image, make_dataset_zip, submit_finetune
+from tests.support.http import http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +22,9 @@ FORMATS = ("saved_model", "tflite", "tflite_dynamic", "tflite_int8")
 @pytest.fixture(scope="module")
 def exportable(api_server: str, predict_worker: Service, train_worker: Service) -> str:
     """A small fine-tuned model, ``exportable`` v1."""
-    response = _finetune(api_server, make_dataset_zip(per_class=24, seed=3), model="exportable")
+    response = submit_finetune(
+        api_server, make_dataset_zip(per_class=24, seed=3), model="exportable"
+    )
     assert response.status_code == 202, response.text
     job = wait_for_job(api_server, response.json()["id"], timeout_s=600)
     assert job["status"] == "succeeded", job
@@ -60,7 +63,7 @@ def test_tflite_exports_run_in_the_litert_interpreter(exportable: str, tmp_path:
     from ml.export import run_tflite
     from ml.preprocess import ImageLimits, decode_image
 
-    cat = decode_image(_cat_image(), (64, 64), ImageLimits(10**7, 10**7))[None]
+    cat = decode_image(cat_image(), (64, 64), ImageLimits(10**7, 10**7))[None]
     for fmt in ("tflite", "tflite_int8"):
         _export(exportable, fmt)
         content = http.get(f"{exportable}/models/exportable/versions/1/exports/{fmt}").content
@@ -77,7 +80,7 @@ def test_saved_model_signature_takes_jpeg_bytes(exportable: str, tmp_path: Path)
     with zipfile.ZipFile(io.BytesIO(archive)) as bundle:
         bundle.extractall(tmp_path / "saved_model")
     signature = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
-    outputs = signature(images=tf.constant([_cat_image()]))
+    outputs = signature(images=tf.constant([cat_image()]))
     assert outputs["classes"].numpy()[0, 0].decode() == "cat"
     assert outputs["scores"].numpy()[0, 0] > 0.5
 

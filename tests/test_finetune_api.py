@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import io
 import tarfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from PIL import Image
 
 from api.app import create_app
 from imgq.settings import Settings
 from ml.registry import ModelRegistry
-from tests.conftest import KEYS
+from tests.support.datasets import zip_archive, zip_with_symlink
+from tests.support.http import credentials
+from tests.support.images import solid_image
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def zip_archive(entries: dict[str, bytes]) -> bytes:
-    """A zip file holding ``entries`` (name to content), as a client would upload it."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, payload in entries.items():
-            archive.writestr(name, payload)
-    return buffer.getvalue()
+    return solid_image(colour, "PNG")
 
 
 def _classes(counts: dict[str, int]) -> dict[str, bytes]:
@@ -54,7 +43,7 @@ def client(settings: Settings, tmp_path: Path) -> Iterator[FlaskClient]:
         )
     )
     with app.test_client() as test_client:
-        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {KEYS['admin']}"
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.keys['admin']}"
         yield test_client
 
 
@@ -69,17 +58,6 @@ def _post(
     response = client.post("/jobs/finetune", data=form, content_type="multipart/form-data")
     body = response.get_json()
     return response.status_code, body["error"]["code"] if "error" in body else "accepted"
-
-
-def _symlink_zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, payload in _classes({"a": 3, "b": 3}).items():
-            archive.writestr(name, payload)
-        link = zipfile.ZipInfo("a/link.png")
-        link.external_attr = 0o120777 << 16
-        archive.writestr(link, "/etc/passwd")
-    return buffer.getvalue()
 
 
 def _traversal_tar() -> bytes:
@@ -101,7 +79,11 @@ def _traversal_tar() -> bytes:
             (400, "invalid_archive"),
         ),
         (_traversal_tar(), "d.tar.gz", (400, "invalid_archive")),
-        (_symlink_zip(), "d.zip", (400, "invalid_archive")),
+        (
+            zip_with_symlink(_classes({"a": 3, "b": 3}), "a/link.png"),
+            "d.zip",
+            (400, "invalid_archive"),
+        ),
         (
             zip_archive({"a/zeros.png": b"\0" * 20_000_000, **_classes({"a": 3, "b": 3})}),
             "d.zip",

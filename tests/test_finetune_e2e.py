@@ -1,75 +1,26 @@
 """Fine-tuning end to end: upload, train, evaluate, publish, activate, hot-swap, roll back.
 
 Real Redis, a real training worker (prefork) and a real prediction worker (threads). The
-dataset is made here from scikit-image's sample photos: random crops, flips and colour shifts
-of a cat, a coffee cup and a rocket, at a small size so training takes seconds.
+dataset is ``tests.support.datasets.make_dataset_zip``: random crops, flips and colour shifts
+of scikit-image's cat, coffee cup and rocket, at a small size so training takes seconds.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import threading
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import requests
-from PIL import Image
-from skimage import data
 
+from imgq.local.supervisor import Service
 from imgq.settings import Settings
-from tests.conftest import Service, http, scrape_url, wait_for_job
+from tests.support.datasets import cat_image, make_dataset_zip, submit_finetune
+from tests.support.http import http, wait_for_job
+from tests.support.metrics import scrape, scrape_url
 
 pytestmark = pytest.mark.e2e
-
-PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
-
-
-def _variants(photo: np.ndarray, count: int, rng: np.random.Generator) -> Iterator[bytes]:
-    height, width = photo.shape[:2]
-    for _ in range(count):
-        size = int(min(height, width) * rng.uniform(0.6, 0.95))
-        top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
-        crop = photo[top : top + size, left : left + size].astype(np.float32)
-        crop = crop * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        image = Image.fromarray(crop.clip(0, 255).astype(np.uint8)).resize((96, 96))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-        yield buffer.getvalue()
-
-
-def make_dataset_zip(per_class: int = 14, seed: int = 0) -> bytes:
-    """A ``<class>/<image>`` zip of cat, coffee and rocket crops."""
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, photo in PHOTOS.items():
-            for index, jpeg in enumerate(_variants(photo(), per_class, rng)):
-                archive.writestr(f"{name}/{index:03d}.jpg", jpeg)
-    return buffer.getvalue()
-
-
-def _finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response:
-    form = {
-        "image_size": "64",
-        "epochs": "4",
-        "fine_tune_epochs": "1",
-        "batch_size": "16",
-        "unfreeze": "0.1",
-        **{k: str(v) for k, v in fields.items()},
-    }
-    return http.post(
-        f"{base_url}/jobs/finetune",
-        data=form,
-        files={"dataset": ("pets.zip", archive, "application/zip")},
-        timeout=30,
-    )
 
 
 def _predict(base_url: str, image: bytes, **options: Any) -> dict[str, Any]:
@@ -79,14 +30,10 @@ def _predict(base_url: str, image: bytes, **options: Any) -> dict[str, Any]:
     return wait_for_job(base_url, response.json()["id"])
 
 
-def _cat_image() -> bytes:
-    return next(_variants(data.chelsea(), 1, np.random.default_rng(99)))
-
-
 @pytest.fixture(scope="module")
 def pets_v1(api_server: str, predict_worker: Service, train_worker: Service) -> dict[str, Any]:
     """The first fine-tune of the module: model ``pets``, version 1; its finished job."""
-    response = _finetune(api_server, make_dataset_zip(), model="pets")
+    response = submit_finetune(api_server, make_dataset_zip(), model="pets")
     assert response.status_code == 202, response.text
     return wait_for_job(api_server, response.json()["id"], timeout_s=600)
 
@@ -111,7 +58,7 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     assert model["active_version"] == 1
     assert model["versions"][0]["training"]["dataset_fingerprint"]
 
-    predicted = _predict(api_server, _cat_image(), model="pets")
+    predicted = _predict(api_server, cat_image(), model="pets")
     assert predicted["status"] == "succeeded", predicted
     assert predicted["result"]["version"] == 1
     assert predicted["result"]["predictions"][0][0]["label"] == "cat"
@@ -121,7 +68,7 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
 
     def keep_predicting() -> None:
         while not stop.is_set():
-            document = _predict(api_server, _cat_image(), model="pets")
+            document = _predict(api_server, cat_image(), model="pets")
             if document["status"] != "succeeded":
                 failures.append(document)
             else:
@@ -131,7 +78,7 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     for stream in streams:
         stream.start()
     try:
-        second = _finetune(
+        second = submit_finetune(
             api_server,
             make_dataset_zip(seed=1),
             model="pets",
@@ -157,7 +104,7 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     # Every job in the streams succeeded and named a real version; _wait_for_version showed
     # that new jobs reached version 2 and then version 1 again.
     assert seen and seen <= {1, 2}
-    pinned = _predict(api_server, _cat_image(), model="pets", version=2)
+    pinned = _predict(api_server, cat_image(), model="pets", version=2)
     assert pinned["result"]["version"] == 2
     durations = scrape_url(f"{train_worker.url}/metrics")
     assert durations["imgq_finetune_duration_seconds_count{}"] >= 2
@@ -165,7 +112,7 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
 
 def _wait_for_version(base_url: str, version: int, attempts: int = 50) -> None:
     for _ in range(attempts):
-        if _predict(base_url, _cat_image(), model="pets")["result"]["version"] == version:
+        if _predict(base_url, cat_image(), model="pets")["result"]["version"] == version:
             return
     raise AssertionError(f"workers never served version {version}")
 
@@ -173,7 +120,7 @@ def _wait_for_version(base_url: str, version: int, attempts: int = 50) -> None:
 def test_running_finetune_is_canceled_between_batches_and_publishes_nothing(
     api_server: str, train_worker: Service
 ) -> None:
-    response = _finetune(
+    response = submit_finetune(
         api_server,
         make_dataset_zip(per_class=20),
         model="slow",
@@ -205,15 +152,13 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
     import json
     import shutil
 
-    from tests.conftest import scrape
-
     assert pets_v1["status"] == "succeeded"
     store = Path(settings.model_store)
     shutil.copytree(store / "pets" / "1", store / "broken" / "1")
     meta = json.loads((store / "broken" / "1" / "meta.json").read_text())
     (store / "broken" / "1" / "meta.json").write_text(json.dumps({**meta, "name": "broken"}))
     (store / "broken" / "active").write_text("1\n")
-    assert _predict(api_server, _cat_image(), model="broken")["result"]["version"] == 1
+    assert _predict(api_server, cat_image(), model="broken")["result"]["version"] == 1
 
     (store / "broken" / "2").mkdir()
     (store / "broken" / "2" / "meta.json").write_text(
@@ -229,8 +174,8 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
             break
         threading.Event().wait(0.1)
     assert scrape(settings.metrics_port)[failures] >= 1
-    still = _predict(api_server, _cat_image(), model="broken")
+    still = _predict(api_server, cat_image(), model="broken")
     assert still["status"] == "succeeded" and still["result"]["version"] == 1
-    pinned = _predict(api_server, _cat_image(), model="broken", version=2)
+    pinned = _predict(api_server, cat_image(), model="broken", version=2)
     assert pinned["status"] == "failed"
     assert pinned["error"]["code"] == "model_load_failed"

@@ -15,7 +15,8 @@ from ml.gradcam import gradcam, overlay_png
 from ml.preprocess import ImageLimits, decode_image
 from ml.train import ClassifierParts, TrainConfig, build_classifier
 from ml.weights import load_lite_imagenet
-from tests.conftest import WEIGHTS_CACHE, jpeg_bytes
+from tests.support.images import jpeg_bytes
+from tests.support.services import WEIGHTS_CACHE
 
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=40_000_000)
 CAT_CLASSES = range(281, 286)

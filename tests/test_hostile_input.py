@@ -31,10 +31,12 @@ import pytest
 import requests
 from PIL import Image
 
+from imgq.local.supervisor import Service
 from imgq.queueing import make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, http, wait_for_job
-from tests.test_finetune_api import zip_archive
+from tests.support.datasets import zip_archive, zip_with_symlink
+from tests.support.http import http, wait_for_job
+from tests.support.images import encode_image
 
 pytestmark = pytest.mark.e2e
 
@@ -67,9 +69,7 @@ class Case:
 
 def _encode(image_format: str, **options: Any) -> bytes:
     pixels = np.random.default_rng(7).integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, image_format, **options)
-    return buffer.getvalue()
+    return encode_image(Image.fromarray(pixels), image_format, **options)
 
 
 @cache
@@ -177,14 +177,7 @@ def _dataset() -> bytes:
 
 
 def _symlink_zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, payload in _classes("cats", "dogs").items():
-            archive.writestr(name, payload)
-        link = zipfile.ZipInfo("cats/link.png")
-        link.external_attr = 0o120777 << 16  # S_IFLNK: unzip would create a symbolic link
-        archive.writestr(link, "/etc/passwd")
-    return buffer.getvalue()
+    return zip_with_symlink(_classes("cats", "dogs"), "cats/link.png")
 
 
 def _zip_bomb() -> bytes:

@@ -6,9 +6,10 @@ import base64
 
 import pytest
 
+from imgq.local.supervisor import Service
 from imgq.queueing import PREDICT_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, http, wait_for_job
+from tests.support.http import http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 

@@ -6,8 +6,10 @@ import base64
 
 import pytest
 
+from imgq.local.supervisor import Service
 from imgq.settings import Settings
-from tests.conftest import Service, http, scrape, scrape_url, wait_for_job
+from tests.support.http import http, wait_for_job
+from tests.support.metrics import scrape, scrape_url
 
 pytestmark = pytest.mark.e2e
 

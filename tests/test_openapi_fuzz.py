@@ -15,14 +15,14 @@ from schemathesis import checks
 
 from api.app import create_app
 from imgq.settings import Settings
-from tests.conftest import KEYS
+from tests.support.http import credentials
 
 OPERATIONS_EXPECTED = 15
 """Operations in the document (a drop would mean routes fell out of it)."""
 
 
 def test_no_server_errors_and_responses_match_the_document(settings: Settings) -> None:
-    auth = {"Authorization": f"Bearer {KEYS['admin']}"}
+    auth = {"Authorization": f"Bearer {credentials.keys['admin']}"}
     schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(settings), headers=auth)
     schema.config.generation.update(
         modes=[schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]

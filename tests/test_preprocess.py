@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgq.errors import DecompressionBomb, ImageTooLarge, InvalidImage
 from ml.preprocess import ImageLimits, check_image, decode_image
+from tests.support.images import encode_image
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000)
-
-
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def _red(mode: str = "RGB") -> Image.Image:
@@ -40,14 +33,14 @@ def _red(mode: str = "RGB") -> Image.Image:
     ],
 )
 def test_every_mode_decodes_to_rgb_uint8_of_the_target_size(mode: str, fmt: str) -> None:
-    pixels = decode_image(_encode(_red(mode), fmt), (16, 24), LIMITS)
+    pixels = decode_image(encode_image(_red(mode), fmt), (16, 24), LIMITS)
     assert pixels.shape == (16, 24, 3)
     assert pixels.dtype == np.uint8
 
 
 def test_transparent_pixels_are_composited_on_white() -> None:
     clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    pixels = decode_image(_encode(clear, "PNG"), (8, 8), LIMITS)
+    pixels = decode_image(encode_image(clear, "PNG"), (8, 8), LIMITS)
     assert (pixels == 255).all()
 
 
@@ -55,14 +48,14 @@ def test_exif_orientation_is_applied() -> None:
     wide = Image.new("RGB", (60, 20), (0, 0, 255))
     exif = wide.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    data = _encode(wide, "JPEG", exif=exif)
+    data = encode_image(wide, "JPEG", exif=exif)
     pixels = decode_image(data, (60, 20), LIMITS)
     assert pixels.shape == (60, 20, 3)
 
 
 def test_sixteen_bit_grey_keeps_its_contrast() -> None:
     ramp = Image.fromarray(np.tile(np.linspace(0, 4000, 32, dtype=np.uint16), (8, 1)))
-    pixels = decode_image(_encode(ramp, "PNG"), (8, 32), LIMITS)
+    pixels = decode_image(encode_image(ramp, "PNG"), (8, 32), LIMITS)
     assert pixels[..., 0].max() > 200 and pixels[..., 0].min() < 20
 
 
@@ -81,20 +74,20 @@ def test_non_images_are_invalid_image(payload: bytes, error: type[Exception]) ->
 
 def test_truncated_jpeg_is_rejected_with_invalid_image() -> None:
     noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
-    data = _encode(Image.fromarray(noise), "JPEG")
+    data = encode_image(Image.fromarray(noise), "JPEG")
     with pytest.raises(InvalidImage):
         check_image(data[: len(data) // 2], LIMITS)
 
 
 def test_truncated_png_is_rejected_with_invalid_image() -> None:
     noise = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
-    data = _encode(Image.fromarray(noise), "PNG")
+    data = encode_image(Image.fromarray(noise), "PNG")
     with pytest.raises(InvalidImage):
         decode_image(data[: len(data) - 200], (8, 8), LIMITS)
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
-    bomb = _encode(Image.new("1", (5000, 5000)), "PNG")  # a few KB, 25 megapixels
+    bomb = encode_image(Image.new("1", (5000, 5000)), "PNG")  # a few KB, 25 megapixels
     assert len(bomb) < 100_000
     with pytest.raises(DecompressionBomb):
         check_image(bomb, LIMITS)

@@ -16,7 +16,7 @@ from ml.preprocess import ImageLimits, decode_image
 from ml.registry import ModelVersion
 from ml.torch_checkpoint import CheckpointError, load_state_dict
 from ml.weights import lite_checkpoint_path, load_lite_imagenet
-from tests.conftest import jpeg_bytes
+from tests.support.images import jpeg_bytes
 
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=40_000_000)
 CAT_CLASSES = {281, 282, 283, 284, 285}

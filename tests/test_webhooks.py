@@ -14,8 +14,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from imgq.local.supervisor import free_port
-from tests.conftest import REPO, SECRETS, Service, http, scrape_url, wait_for_job
+from imgq.local.supervisor import REPO, Service, free_port
+from tests.support.http import credentials, http, wait_for_job
+from tests.support.metrics import scrape_url
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +82,7 @@ def test_receiver_failing_twice_gets_three_signed_attempts_and_a_delivery(
     verify = readme_verifier()
     event_ids = set()
     for headers, body in receiver.requests:
-        assert verify(SECRETS["admin"], headers, body)
+        assert verify(credentials.webhook_secrets["admin"], headers, body)
         assert not verify("wrong secret", headers, body)
         event_ids.add(headers["Imgq-Event-Id"])
     assert event_ids == {f"{job_id}.succeeded"}  # one event, so receivers can deduplicate

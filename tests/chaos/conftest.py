@@ -8,10 +8,7 @@ import pytest
 
 from imgq.local.supervisor import free_port
 from imgq.settings import Settings
-from tests.chaos.stack import Stack
-
-CHAOS_VISIBILITY_TIMEOUT_S = 6
-"""Redelivery after a worker dies; production's 60 s scaled down, with a 1 s restore sweep."""
+from tests.chaos.stack import CHAOS_VISIBILITY_TIMEOUT_S, Stack
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,10 @@ from imgq.local.supervisor import (
 )
 from imgq.redis_keys import KOMBU_UNACKED, REDUNDANT_RESULTS, job_record
 from imgq.settings import Settings
-from tests.conftest import http
+from tests.support.http import http
+
+CHAOS_VISIBILITY_TIMEOUT_S = 6
+"""Redelivery after a worker dies; production's 60 s scaled down, with a 1 s restore sweep."""
 
 
 class Stack:

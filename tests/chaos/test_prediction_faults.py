@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from imgq.local.supervisor import wait_until
 from imgq.redis_keys import REDUNDANT_RESULTS, job_record
-from tests.chaos.conftest import CHAOS_VISIBILITY_TIMEOUT_S
 from tests.chaos.stack import (
+    CHAOS_VISIBILITY_TIMEOUT_S,
     Outcome,
     Stack,
     Stream,
@@ -22,7 +23,7 @@ from tests.chaos.stack import (
     settle,
     sigkill,
 )
-from tests.conftest import http, wait_until
+from tests.support.http import http
 
 pytestmark = pytest.mark.e2e
 

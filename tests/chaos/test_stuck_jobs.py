@@ -16,10 +16,11 @@ import redis
 
 from imgq.jobs.predict_images import ImageResult, PredictImages
 from imgq.jobs.store import JobStore, new_job_id
+from imgq.local.supervisor import Service
 from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE, make_celery
 from imgq.redis_keys import job_record
 from imgq.settings import Settings
-from tests.conftest import Service, wait_for_job
+from tests.support.http import wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("predict_worker", "webhooks_worker")]
 

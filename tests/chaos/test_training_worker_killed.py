@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from imgq.local.supervisor import process_tree, start_train_worker, start_webhooks_worker
+from imgq.local.supervisor import Service, process_tree, start_train_worker, start_webhooks_worker
 from imgq.queueing import TRAIN_QUEUE, make_celery
 from imgq.settings import Settings
-from tests.conftest import Service, http, start_with_own_metrics, wait_for_job
-from tests.test_finetune_e2e import _finetune, make_dataset_zip
+from tests.support.datasets import make_dataset_zip, submit_finetune
+from tests.support.http import http, wait_for_job
+from tests.support.services import start_with_own_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +29,7 @@ def test_killed_training_worker_is_reaped_and_the_active_version_is_untouched(
     trainer = start_with_own_metrics(start_train_worker, quick, service_dir, "doomed")
     housekeeper = start_with_own_metrics(start_webhooks_worker, quick, service_dir, "reaper")
     try:
-        response = _finetune(
+        response = submit_finetune(
             api_server,
             make_dataset_zip(per_class=20),
             model="doomed",

@@ -16,7 +16,7 @@ import redis
 from imgq.local.supervisor import free_port
 from imgq.redis_keys import WEBHOOKS_SCHEDULED
 from imgq.settings import Settings
-from tests.conftest import http, wait_for_job
+from tests.support.http import http, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("predict_worker", "webhooks_worker")]
 
