@@ -13,6 +13,7 @@ import pytest
 from imgq.local.supervisor import Service
 from tests.support.datasets import cat_image, make_dataset_zip, submit_finetune
 from tests.support.http import http, wait_for_job
+from tests.support.metrics import scrape_url
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +107,22 @@ def test_cli_exports_and_saves_the_file(exportable: str, tmp_path: Path) -> None
     assert run.returncode == 0, run.stderr
     assert "agreement" in run.stdout
     assert target.stat().st_size > 100_000
+
+
+def test_an_export_request_is_idempotent_and_its_job_is_counted(
+    exportable: str, train_worker: Service
+) -> None:
+    url = f"{exportable}/models/exportable/versions/1/exports"
+    key = {"Idempotency-Key": "export-tflite-once"}
+    first = http.post(url, json={"format": "tflite"}, headers=key)
+    assert first.status_code == 202, first.text
+    replay = http.post(url, json={"format": "tflite"}, headers=key)
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    conflict = http.post(url, json={"format": "tflite_dynamic"}, headers=key)
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"
+    assert wait_for_job(exportable, first.json()["id"], timeout_s=600)["status"] == "succeeded"
+    finished = scrape_url(f"{train_worker.url}/metrics")
+    assert (
+        finished['imgq_worker_jobs_finished_total{code="",status="succeeded",type="export"}'] >= 1
+    )
