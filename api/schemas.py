@@ -149,8 +149,8 @@ class JobListQuerySchema(Schema):
     type = fields.Enum(JobType, by_value=True)
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(
-        validate=validate.Regexp(r"^[0-9]+(\.[0-9]+)?$"),
-        metadata={"description": "`next_cursor` of the previous page."},
+        validate=validate.Regexp(r"^[0-9]+(\.[0-9]+)?(:[0-9a-f]{32})?$"),
+        metadata={"description": "`next_cursor` of the previous page (opaque)."},
     )
 
 

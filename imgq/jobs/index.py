@@ -43,6 +43,48 @@ class Page:
     next_cursor: str | None
 
 
+_Entry = tuple[str, float]
+_Position = tuple[float, str]
+"""Where a page stopped: the last entry's score and id (ties are ordered by id, descending)."""
+
+
+def _parse_cursor(cursor: str | None) -> _Position | None:
+    """``"<score>:<id>"``; a bare ``"<score>"`` (older cursors) starts below that score."""
+    if not cursor:
+        return None
+    score, _, last_id = cursor.partition(":")
+    return float(score), last_id
+
+
+def _entries_after(
+    client: redis.Redis, key: str, position: _Position | None, count: int
+) -> list[_Entry]:
+    """Up to ``count`` entries after ``position`` in (score, id) descending order.
+
+    Redis orders equal scores by member, descending, so the entries tied with the position's
+    score that sort below its id come first, then everything with a lower score. Two jobs
+    created at the same instant are therefore never skipped at a page boundary.
+    """
+    upper, tied = "+inf", []
+    if position is not None:
+        score, last_id = position
+        same = client.zrevrangebyscore(key, repr(score), repr(score), withscores=True)
+        tied = [
+            (member.decode(), float(value))
+            for member, value in cast("list[tuple[bytes, float]]", same)
+            if member.decode() < last_id
+        ][:count]
+        upper = f"({score!r}"
+    if len(tied) >= count:
+        return tied
+    rest = client.zrevrangebyscore(
+        key, upper, "-inf", start=0, num=count - len(tied), withscores=True
+    )
+    return tied + [
+        (member.decode(), float(value)) for member, value in cast("list[tuple[bytes, float]]", rest)
+    ]
+
+
 def page_of_ids(
     client: redis.Redis,
     key: str,
@@ -50,35 +92,29 @@ def page_of_ids(
     cursor: str | None,
     keep: Callable[[list[str]], list[str]],
 ) -> Page:
-    """Up to ``limit`` ids, newest first, older than ``cursor``, for which ``keep(ids)`` says so.
+    """Up to ``limit`` ids, newest first, after ``cursor``, for which ``keep(ids)`` says so.
 
     ``keep`` receives a batch of ids and returns the subset to keep (records gone, or not
     matching the filters, are dropped); the scan stops after ``limit * MAX_SCAN_FACTOR`` ids so a
     rare filter cannot make one request read the whole index.
     """
-    upper = f"({cursor}" if cursor else "+inf"
+    position = _parse_cursor(cursor)
     found: list[str] = []
-    scanned, last_score = 0, None
+    scanned = 0
     while len(found) < limit and scanned < limit * MAX_SCAN_FACTOR:
-        batch = cast(
-            "list[tuple[bytes, float]]",
-            client.zrevrangebyscore(key, upper, "-inf", start=0, num=limit, withscores=True),
-        )
+        batch = _entries_after(client, key, position, limit)
         if not batch:
             return Page(found, None)
-        ids = [member.decode() for member, _ in batch]
-        exhausted = len(batch) < limit
-        kept = set(keep(ids))
-        for job_id, (_, score) in zip(ids, batch, strict=True):
-            if job_id in kept and len(found) < limit:
-                found.append(job_id)
-                last_score = score
-            elif len(found) >= limit:
+        kept = set(keep([job_id for job_id, _ in batch]))
+        for job_id, score in batch:
+            if len(found) >= limit:
                 break
-            else:
-                last_score = score
-        scanned += len(ids)
-        upper = f"({last_score!r}"
-        if exhausted and len(found) < limit:
+            if job_id in kept:
+                found.append(job_id)
+            position = (score, job_id)
+        scanned += len(batch)
+        if len(batch) < limit and len(found) < limit:
             return Page(found, None)
-    return Page(found, repr(last_score) if last_score is not None else None)
+    if position is None:
+        return Page(found, None)
+    return Page(found, f"{position[0]!r}:{position[1]}")

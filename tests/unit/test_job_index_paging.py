@@ -196,3 +196,22 @@ def test_inserting_a_job_trims_entries_older_than_the_ttl(
         assert redis_client.zscore(key, f"{client}-expired") is None
         assert redis_client.zscore(key, f"{client}-young") == START + 60
         assert redis_client.zscore(key, f"{client}-new") == START + 150
+
+
+def test_jobs_created_at_the_same_instant_are_never_skipped_at_a_page_boundary(
+    redis_client: redis.Redis,
+) -> None:
+    key = f"imgq:test:ties:{uuid.uuid4().hex}"
+    ids = [uuid.uuid4().hex for _ in range(5)]
+    redis_client.zadd(key, {job_id: 5.0 for job_id in ids[:4]} | {ids[4]: 4.0})
+    try:
+        listed, cursor = [], None
+        while True:
+            page = page_of_ids(redis_client, key, 2, cursor, lambda batch: batch)
+            listed.extend(page.job_ids)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert listed == [*sorted(ids[:4], reverse=True), ids[4]]
+    finally:
+        redis_client.delete(key)
