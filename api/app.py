@@ -18,7 +18,7 @@ from imgq.jobs.store import JobStore
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
 from imgq.webhooks.schedule import DeliveryStore
-from ml.registry import ModelRegistry
+from ml.registry import ModelRegistry, prepare_store
 
 SOCKET_TIMEOUT_S = 2.0
 """Redis calls from a request give up after this long, so an outage answers 503 quickly."""
@@ -50,7 +50,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         "interval_max": 0.5,
     }
     registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
-    registry.ensure_builtin(settings.default_backbone, time.time())
+    prepare_store(
+        registry,
+        legacy_namespace=settings.legacy_model_owner,
+        backbone=settings.default_backbone,
+        created_at=time.time(),
+    )
     app.extensions["imgq"] = Services(
         settings=settings,
         redis=client,

@@ -11,6 +11,7 @@ from flask_smorest import Blueprint
 
 from api.auth import current_client
 from api.idempotency import replay_or_claim
+from api.model_access import OWNER_PARAMETER, version_of, visible_model
 from api.schemas import ErrorEnvelopeSchema, ExportReportSchema, ExportRequestSchema
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
@@ -34,9 +35,10 @@ def request_export(
 ) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue an export job; when it succeeds, download the file from ``.../exports/<format>``."""
     svc = services()
-    svc.registry.get(name, version)
+    model = visible_model(name)
+    version_of(model, version)
     job_id = new_job_id()
-    params = {"model": name, "version": version, "format": body["format"]}
+    params = {"model": model, "version": version, "format": body["format"]}
     replay = replay_or_claim(fingerprint(json.dumps(params, sort_keys=True)), job_id)
     if replay is not None:
         return replay
@@ -48,28 +50,34 @@ def request_export(
     )
 
 
-@blp.route("/<string:name>/versions/<int:version>/exports")
+@blp.route("/<string:name>/versions/<int:version>/exports", parameters=[OWNER_PARAMETER])
 @blp.response(200, ExportReportSchema(many=True))
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def list_exports(name: str, version: int) -> list[dict[str, Any]]:
     """The exports made of a version, with their sizes and agreement figures."""
-    return services().registry.exports(name, version)
+    model = visible_model(name)
+    version_of(model, version)
+    return services().registry.exports(model, version)
 
 
-@blp.route("/<string:name>/versions/<int:version>/exports/<string:fmt>")
+@blp.route(
+    "/<string:name>/versions/<int:version>/exports/<string:fmt>", parameters=[OWNER_PARAMETER]
+)
 @blp.response(200, description="The export file (.tflite, or a zipped SavedModel).")
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def download_export(name: str, version: int, fmt: str) -> Response:
     """Download an export that a finished export job produced."""
     svc = services()
+    model = visible_model(name)
+    version_of(model, version)
     if fmt not in FORMATS or not any(
-        r["format"] == fmt for r in svc.registry.exports(name, version)
+        r["format"] == fmt for r in svc.registry.exports(model, version)
     ):
         raise ExportNotFound(
             f"No {fmt!r} export of {name} v{version}; request one first.",
             {"model": name, "version": version, "format": fmt},
         )
-    content = svc.registry.read_file(name, version, f"exports/{file_name(fmt)}")
+    content = svc.registry.read_file(model, version, f"exports/{file_name(fmt)}")
     return send_file(
         io.BytesIO(content),
         download_name=f"{name}-v{version}-{file_name(fmt)}",

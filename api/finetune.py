@@ -17,10 +17,11 @@ from flask_smorest import Blueprint
 
 from api.auth import current_client
 from api.idempotency import replay_or_claim
+from api.model_access import resolve_base, target_model
 from api.schemas import FinetuneFormSchema
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
-from imgq.errors import InvalidRequest, ReservedModelName
+from imgq.errors import InvalidRequest
 from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
@@ -29,7 +30,6 @@ from imgq.webhooks.callback_urls import check_callback_url
 from ml.archive import ArchiveLimits, list_archive
 from ml.backbone_specs import BACKBONE_SIZES
 from ml.datasets import layout_from_paths
-from ml.registry import BUILTIN_IMAGENET
 
 blp = Blueprint("finetune", __name__, url_prefix="/jobs", description="Fine-tune jobs")
 
@@ -105,13 +105,9 @@ def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest("Send the dataset as multipart/form-data with a `dataset` file.")
     params = FinetuneFormSchema().load(request.form.to_dict())
-    if params["model"] == BUILTIN_IMAGENET:
-        raise ReservedModelName(f"`{BUILTIN_IMAGENET}` is the built-in model; choose a name.")
-    base = params["base"]
-    if ":" in base:
-        name, _, number = base.partition(":")
-        svc.registry.get(name, int(number))  # 404 for an unknown model:version
-    params.setdefault("image_size", BACKBONE_SIZES.get(base, 224))
+    params["model"] = target_model(params["model"], params.pop("owner", None))
+    params["base"] = resolve_base(params["base"])  # 404 for a model:version the caller lacks
+    params.setdefault("image_size", BACKBONE_SIZES.get(params["base"], 224))
     if "callback_url" in params:
         check_callback_url(params["callback_url"], svc.settings.webhook_allow_private)
     path, digest = _save_upload(job_id)

@@ -27,6 +27,7 @@ from imgq.api_keys import Role
 from imgq.errors import JobNotCancelable, JobNotFound, NotFound, WebhookNotDue
 from imgq.jobs.documents import job_document
 from imgq.jobs.status import CancelOutcome, JobStatus, JobType
+from ml.registry import model_id
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction and training jobs")
 
@@ -137,11 +138,12 @@ def get_artifact(job_id: str, name: str) -> Any:
     result = document["result"] or {}
     content = None
     if name in result.get("artifacts", []):
-        content = (
-            svc.registry.read_file(result["model"], int(result["version"]), name)
-            if document["type"] is JobType.FINETUNE
-            else svc.jobs.artifact(job_id, name)
-        )
+        if document["type"] is JobType.FINETUNE:
+            owner = result.get("owner", svc.settings.legacy_model_owner)  # older results: none
+            model = model_id(owner, result["model"])
+            content = svc.registry.read_file(model, int(result["version"]), name)
+        else:
+            content = svc.jobs.artifact(job_id, name)
     if content is None:
         raise NotFound(f"Job {job_id!r} has no artifact {name!r}.", {"id": job_id, "name": name})
     return send_file(

@@ -1,4 +1,7 @@
-"""Model registry endpoints: list models and versions, activate (promote or roll back)."""
+"""Model registry endpoints: list models and versions, activate (promote or roll back), share.
+
+Which model a name means, and who may do what with it, is decided in ``api.model_access``.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +10,75 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from api.auth import require_admin
-from api.schemas import ErrorEnvelopeSchema, ModelSchema
+from api.model_access import (
+    OWNER_PARAMETER,
+    describe,
+    owned_model,
+    version_of,
+    visible_model,
+    visible_models,
+)
+from api.schemas import ErrorEnvelopeSchema, ModelPatchSchema, ModelSchema
 from api.services import services
+from imgq.errors import Conflict
 from imgq.model_events import announce_activation
+from ml.registry import split_model_id
 
 blp = Blueprint("models", __name__, url_prefix="/models", description="Model registry")
-
-
-def _describe(name: str, with_training: bool) -> dict[str, Any]:
-    registry = services().registry
-    active = registry.active_version(name)
-    versions = []
-    for number in registry.versions(name):
-        version = registry.get(name, number).to_dict()
-        if not with_training:
-            version.pop("training", None)
-        versions.append({**version, "active": number == active})
-    return {"name": name, "active_version": active, "versions": versions}
 
 
 @blp.route("")
 @blp.response(200, ModelSchema(many=True))
 def list_models() -> list[dict[str, Any]]:
-    """Every model with its versions (without training details)."""
-    return [_describe(name, with_training=False) for name in services().registry.models()]
+    """Your models and the shared ones (an admin's: every model), without training details."""
+    return [describe(model, with_training=False) for model in visible_models()]
 
 
-@blp.route("/<string:name>")
+@blp.route("/<string:name>", parameters=[OWNER_PARAMETER])
 @blp.response(200, ModelSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def get_model(name: str) -> dict[str, Any]:
     """One model: versions, metrics, training parameters, which version is active."""
-    return _describe(name, with_training=True)
+    return describe(visible_model(name), with_training=True)
 
 
-@blp.route("/<string:name>/versions/<int:version>/activate", methods=["POST"])
+@blp.route("/<string:name>", methods=["PATCH"], parameters=[OWNER_PARAMETER])
+@blp.arguments(ModelPatchSchema)
+@blp.response(200, ModelSchema)
+@blp.alt_response(403, schema=ErrorEnvelopeSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
+def update_model(changes: dict[str, Any], name: str) -> dict[str, Any]:
+    """Share a model with every client, or stop sharing it (admins only)."""
+    require_admin()
+    registry = services().registry
+    model = visible_model(name)
+    if "shared" in changes:
+        other = registry.shared_model(name)
+        if changes["shared"] and other not in (None, model):
+            owner, _ = split_model_id(str(other))
+            raise Conflict(
+                f"A shared model is already called {name!r} (owned by {owner!r}).",
+                {"model": name, "owner": owner},
+            )
+        registry.set_shared(model, changes["shared"])
+    return describe(model, with_training=True)
+
+
+@blp.route(
+    "/<string:name>/versions/<int:version>/activate",
+    methods=["POST"],
+    parameters=[OWNER_PARAMETER],
+)
 @blp.response(200, ModelSchema)
 @blp.alt_response(403, schema=ErrorEnvelopeSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 def activate_version(name: str, version: int) -> dict[str, Any]:
-    """Make ``version`` the one unpinned predictions get; workers swap within moments."""
-    require_admin()
+    """Make ``version`` the one unpinned predictions get (owners and admins); workers swap
+    within moments."""
     svc = services()
-    svc.registry.activate(name, version)
-    announce_activation(svc.redis, name)
-    return _describe(name, with_training=True)
+    model = owned_model(name)
+    version_of(model, version)
+    svc.registry.activate(model, version)
+    announce_activation(svc.redis, model)
+    return describe(model, with_training=True)

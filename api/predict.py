@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 
 from api.auth import current_client
 from api.idempotency import replay_or_claim
+from api.model_access import version_of, visible_model
 from api.schemas import (
     PredictJsonSchema,
     PredictMultipartSchema,
@@ -96,13 +97,16 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     images, options = _read_predict_request()
     _check_images(images)
     svc = services()
-    model = options.get("model", svc.settings.default_model)
-    svc.registry.get(model, options.get("version"))  # 404 now for unknown models or versions
+    model = visible_model(
+        options.get("model", svc.settings.default_model), options.pop("owner", None)
+    )
+    version_of(model, options.get("version"))  # 404 now for unknown models or versions
     callback = options.get("callback_url")
     if callback is not None:
         check_callback_url(callback, svc.settings.webhook_allow_private)
     job_id = new_job_id()
-    replay = replay_or_claim(fingerprint(json.dumps(options, sort_keys=True), *images), job_id)
+    content = json.dumps({**options, "model": model}, sort_keys=True)
+    replay = replay_or_claim(fingerprint(content, *images), job_id)
     if replay is not None:
         return replay
     svc.jobs.create_predict_job(

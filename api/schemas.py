@@ -37,6 +37,10 @@ class WholeNumber(fields.Integer):
 class PredictOptionsSchema(Schema):
     """Options of a predict job, shared by the JSON and multipart forms."""
 
+    owner = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "Admins: the client whose model this is."},
+    )
     top_k = WholeNumber(
         validate=validate.Range(min=1, max=MAX_TOP_K),
         metadata={"description": "Labels returned per image (default 5)."},
@@ -171,6 +175,10 @@ class FinetuneFormSchema(Schema):
     """Fields of ``POST /jobs/finetune`` besides the ``dataset`` file."""
 
     model = fields.String(required=True, validate=validate.Regexp(MODEL_NAME.pattern))
+    owner = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "Admins: the client whose model this is."},
+    )
     base = fields.String(
         load_default="efficientnet_lite0",
         validate=validate.Regexp(r"^[a-z0-9_-]+(:[0-9]+)?$"),
@@ -224,8 +232,18 @@ class ModelSchema(Schema):
     """A model and its versions."""
 
     name = fields.String()
+    owner = fields.String(metadata={"description": "The client whose key created the model."})
+    shared = fields.Boolean(metadata={"description": "Every client may predict with it."})
     active_version = fields.Integer()
     versions = fields.List(fields.Nested(ModelVersionSchema))
+
+
+class ModelPatchSchema(Schema):
+    """Body of ``PATCH /models/<name>``: the model's settings that can change."""
+
+    shared = fields.Boolean(
+        metadata={"description": "Let every client use the model (admins only)."}
+    )
 
 
 class ExportRequestSchema(Schema):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     """Model served when a predict request names none."""
     default_backbone: str = "efficientnet_lite0"
     """Backbone of the built-in ImageNet classifier registered at first start."""
+    legacy_model_owner: str = "local-admin"
+    """Client that models written before models had owners are moved to at start-up (the
+    admin that ``make run`` creates); the built-in ``imagenet`` is shared instead."""
 
     job_ttl_s: PositiveInt = 24 * 3600
     """Lifetime of a job record and its payload in Redis."""

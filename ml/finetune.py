@@ -130,7 +130,7 @@ def _compare_with_active(
             f"classes differ from active version {active.version}; activate it explicitly to switch"
         )
     saved = keras.saving.load_model(
-        registry.local_version_dir(active.name, active.version) / "model.keras", compile=False
+        registry.local_version_dir(request.model, active.version) / "model.keras", compile=False
     )
     if saved.input_shape[1:3] != test[0].shape[1:3]:
         return False, f"active version {active.version} takes another image size"

@@ -5,6 +5,12 @@ Layout, one directory per version::
     <store>/<model>/<version>/meta.json     # what it is: backbone, size, labels, metrics
     <store>/<model>/<version>/model.keras   # trained versions only, with plots and the report
     <store>/<model>/active                  # the version served when a request names none
+    <store>/<model>/shared                  # present when every client may use the model
+
+where ``<model>`` is a *model id*: a bare name (``pets``), or a name in a namespace
+(``@alice/pets``, see ``model_id``). The service keeps each client's models in the client's
+namespace, so two clients' ``pets`` are two models; ``migrate_into`` moves bare models written
+before namespaces existed into one.
 
 The store is a local path by default and any ``fsspec`` URL otherwise (``s3://bucket/models``,
 ``gs://…``), so several machines can share it. A version appears whole or not at all: on a
@@ -28,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -37,12 +44,30 @@ from ml.errors import ModelNotFound, VersionNotFound
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Allowed model names: they are directory names on the store."""
+MODEL_ID = re.compile(r"^(@[A-Za-z0-9%._~-]{1,250}/)?[a-z0-9][a-z0-9_-]{0,62}$")
+"""A model name, optionally in a namespace: ``pets`` or ``@alice/pets``."""
+
+
+def model_id(namespace: str, name: str) -> str:
+    """The id of model ``name`` in ``namespace`` (any text: it is percent-encoded)."""
+    return f"@{quote(namespace, safe='')}/{name}"
+
+
+def split_model_id(model: str) -> tuple[str | None, str]:
+    """``(namespace, name)`` of a model id; the namespace is None for a bare name."""
+    if model.startswith("@") and "/" in model:
+        namespace, _, name = model[1:].partition("/")
+        return unquote(namespace), name
+    return None, model
+
 
 ARTIFACTS = ("evaluation.json", "training_curves.png", "confusion_matrix.png")
 """Files of a trained version that clients may download."""
 
 BUILTIN_IMAGENET = "imagenet"
 """Name of the pretrained ImageNet classifier registered at first start."""
+BUILTIN_NAMESPACE = "system"
+"""Namespace of the built-in classifier (a client may not be called this)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +117,7 @@ class ModelRegistry:
         return posixpath.join(self.root, *(str(part) for part in parts))
 
     def _model_path(self, name: str) -> str:
-        if not MODEL_NAME.match(name):
+        if not MODEL_ID.match(name):
             raise ModelNotFound(f"No model named {name!r}.", {"model": name})
         return self._path(name)
 
@@ -108,14 +133,73 @@ class ModelRegistry:
         else:
             self.fs.pipe_file(path, text.encode())  # an object PUT is atomic
 
-    def models(self) -> list[str]:
-        """Names of every model with an active version."""
-        if not self.fs.exists(self.root):
+    def _children(self, path: str) -> list[str]:
+        if not self.fs.exists(path):
             return []
-        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
-        return sorted(
-            n for n in names if MODEL_NAME.match(n) and self.fs.exists(self._path(n, "active"))
-        )
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+
+    def models(self) -> list[str]:
+        """Ids of every model with an active version: bare names, then namespaced ids."""
+        found = [n for n in self._children(self.root) if MODEL_NAME.match(n)]
+        for namespace in self._children(self.root):
+            if namespace.startswith("@"):
+                found.extend(
+                    f"{namespace}/{n}"
+                    for n in self._children(self._path(namespace))
+                    if MODEL_NAME.match(n)
+                )
+        return [model for model in found if self.exists(model)]
+
+    def exists(self, name: str) -> bool:
+        """Whether the model has an active version."""
+        return MODEL_ID.match(name) is not None and self.fs.exists(self._path(name, "active"))
+
+    def is_shared(self, name: str) -> bool:
+        """Whether every client may use the model."""
+        return self.fs.exists(posixpath.join(self._model_path(name), "shared"))
+
+    def set_shared(self, name: str, shared: bool) -> None:
+        """Share the model with every client, or stop sharing it."""
+        self.active_version(name)  # ModelNotFound for an unknown model
+        path = posixpath.join(self._model_path(name), "shared")
+        if shared:
+            self._write(path, "1\n")
+        elif self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def shared_model(self, name: str) -> str | None:
+        """The id of a shared model called ``name`` in any namespace (the first, by id)."""
+        for namespace in self._children(self.root):
+            candidate = f"{namespace}/{name}"
+            if namespace.startswith("@") and self.exists(candidate) and self.is_shared(candidate):
+                return candidate
+        return None
+
+    def migrate_into(self, namespace: str, *, skip: frozenset[str] = frozenset()) -> list[str]:
+        """Move every bare model but those in ``skip`` into ``namespace``; returns the new ids.
+
+        Idempotent; a model whose id is taken in the namespace already is left where it is.
+
+        On a local store each model moves by one rename, so a version is never half moved and
+        two processes migrating at once move each model once.
+        """
+        moved = []
+        for name in [n for n in self._children(self.root) if MODEL_NAME.match(n)]:
+            target = model_id(namespace, name)
+            if name in skip:
+                continue
+            if self.fs.exists(self._path(target)):
+                continue
+            if self.is_local:
+                Path(self._path(target)).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(self._path(name), self._path(target))
+                except OSError:  # another process moved it first
+                    continue
+            else:
+                self.fs.mv(self._path(name), self._path(target), recursive=True)
+            moved.append(target)
+        return moved
 
     def versions(self, name: str) -> list[int]:
         """Published versions of a model, oldest first."""
@@ -202,12 +286,14 @@ class ModelRegistry:
         self.get(name, version)
         self._write(self._path(name, "active"), f"{version}\n")
 
-    def ensure_builtin(self, backbone: str, created_at: float) -> ModelVersion:
-        """Register the pretrained ImageNet classifier as ``imagenet`` v1 if it is not there.
+    def ensure_builtin(
+        self, backbone: str, created_at: float, model: str = BUILTIN_IMAGENET
+    ) -> ModelVersion:
+        """Register the pretrained ImageNet classifier as ``model`` v1 if it is not there.
 
         Idempotent, and safe when several processes start at once.
         """
-        meta = self._path(BUILTIN_IMAGENET, 1, "meta.json")
+        meta = self._path(model, 1, "meta.json")
         if not self.fs.exists(meta):
             version = ModelVersion(
                 BUILTIN_IMAGENET,
@@ -219,9 +305,29 @@ class ModelRegistry:
                 created_at,
             )
             self._write(meta, json.dumps(version.to_dict(), indent=2))
-        if not self.fs.exists(self._path(BUILTIN_IMAGENET, "active")):
-            self._write(self._path(BUILTIN_IMAGENET, "active"), "1\n")
-        return self.get(BUILTIN_IMAGENET, 1)
+        if not self.fs.exists(self._path(model, "active")):
+            self._write(self._path(model, "active"), "1\n")
+        return self.get(model, 1)
+
+
+BUILTIN_MODEL_ID = model_id(BUILTIN_NAMESPACE, BUILTIN_IMAGENET)
+"""Where the built-in classifier lives; it is always shared."""
+
+
+def prepare_store(
+    registry: ModelRegistry, *, legacy_namespace: str, backbone: str, created_at: float
+) -> str:
+    """Get a store ready to serve: models written before namespaces move into
+    ``legacy_namespace`` (all but the old built-in, which is replaced), and the built-in
+    classifier is registered and shared if it was not yet. Returns the built-in's id.
+
+    Every process that serves models calls this at start; it is idempotent.
+    """
+    registry.migrate_into(legacy_namespace, skip=frozenset({BUILTIN_IMAGENET}))
+    registry.ensure_builtin(backbone, created_at, BUILTIN_MODEL_ID)
+    if not registry.is_shared(BUILTIN_MODEL_ID):
+        registry.set_shared(BUILTIN_MODEL_ID, True)
+    return BUILTIN_MODEL_ID
 
 
 def _made(folder: Path) -> Path:

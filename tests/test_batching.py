@@ -17,8 +17,8 @@ pytestmark = pytest.mark.e2e
 
 CAT_CLASSES = {281, 282, 283, 284, 285}
 ESPRESSO = 967
-BATCHES = 'imgq_inference_batch_size_count{model="imagenet"}'
-IMAGES = 'imgq_inference_batch_size_sum{model="imagenet"}'
+BATCHES = 'imgq_inference_batch_size_count{model="imagenet",owner="system"}'
+IMAGES = 'imgq_inference_batch_size_sum{model="imagenet",owner="system"}'
 
 
 def _submit(base: str, images: list[bytes]) -> str:

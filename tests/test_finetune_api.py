@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from imgq.settings import Settings
-from ml.registry import ModelRegistry
+from ml.registry import BUILTIN_MODEL_ID, ModelRegistry
 from tests.support.datasets import zip_archive, zip_with_symlink
 from tests.support.http import credentials
 from tests.support.images import solid_image
@@ -122,7 +122,7 @@ def test_bad_datasets_are_refused_and_leave_nothing_behind(
 ) -> None:
     assert _post(client, archive, filename) == expected
     assert not list((tmp_path / "uploads").glob("*"))  # the upload was removed again
-    assert ModelRegistry(tmp_path / "models").models() == ["imagenet"]
+    assert ModelRegistry(tmp_path / "models").models() == [BUILTIN_MODEL_ID]
 
 
 @pytest.mark.parametrize(

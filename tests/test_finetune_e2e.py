@@ -153,7 +153,7 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
     import shutil
 
     assert pets_v1["status"] == "succeeded"
-    store = Path(settings.model_store)
+    store = Path(settings.model_store) / "@admin"  # the admin's namespace (ml.registry.model_id)
     shutil.copytree(store / "pets" / "1", store / "broken" / "1")
     meta = json.loads((store / "broken" / "1" / "meta.json").read_text())
     (store / "broken" / "1" / "meta.json").write_text(json.dumps({**meta, "name": "broken"}))
@@ -165,7 +165,7 @@ def test_version_that_fails_to_load_leaves_the_old_one_serving(
         json.dumps({**meta, "name": "broken", "version": 2})
     )
     (store / "broken" / "2" / "model.keras").write_bytes(b"this is not a keras file")
-    failures = 'imgq_worker_model_load_failures_total{model="broken"}'
+    failures = 'imgq_worker_model_load_failures_total{model="broken",owner="admin"}'
     assert (
         http.post(f"{api_server}/models/broken/versions/2/activate", timeout=10).status_code == 200
     )

@@ -35,6 +35,6 @@ def test_api_and_worker_expose_the_job_queue_and_inference_series(
     worker = scrape(settings.metrics_port)
     assert worker['imgq_worker_jobs_finished_total{code="",status="succeeded",type="predict"}'] >= 3
     assert worker['imgq_job_latency_seconds_count{type="predict"}'] >= 3
-    assert worker['imgq_inference_batch_size_sum{model="imagenet"}'] >= 6
-    assert worker['imgq_inference_forward_seconds_count{model="imagenet"}'] >= 1
-    assert worker['imgq_worker_model_version{model="imagenet"}'] == 1
+    assert worker['imgq_inference_batch_size_sum{model="imagenet",owner="system"}'] >= 6
+    assert worker['imgq_inference_forward_seconds_count{model="imagenet",owner="system"}'] >= 1
+    assert worker['imgq_worker_model_version{model="imagenet",owner="system"}'] == 1

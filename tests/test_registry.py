@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from imgq.errors import ModelNotFound, VersionNotFound
-from ml.registry import ModelRegistry, ModelVersion, publish_version, staging_dir
+from ml.registry import (
+    ModelRegistry,
+    ModelVersion,
+    model_id,
+    prepare_store,
+    publish_version,
+    split_model_id,
+    staging_dir,
+)
 
 
 @pytest.fixture(params=["local", "fsspec"])
@@ -89,3 +97,39 @@ def test_staging_leftovers_are_not_versions(tmp_path: Path) -> None:
     staging_dir(registry, "pets")  # a trainer that died before publishing
     assert registry.versions("pets") == [1]
     assert _publish(registry, "pets", b"y").version == 2
+
+
+def test_models_written_before_owners_move_to_the_legacy_owner_with_every_version(
+    registry: ModelRegistry,
+) -> None:
+    registry.ensure_builtin("efficientnet_lite0", 0.0)  # the old bare built-in
+    first, second = _publish(registry, "pets", b"one"), _publish(registry, "pets", b"two")
+    registry.activate("pets", first.version)
+
+    for _ in range(2):  # idempotent: a second start moves nothing
+        builtin = prepare_store(
+            registry, legacy_namespace="local-admin", backbone="efficientnet_lite0", created_at=0
+        )
+
+    moved = model_id("local-admin", "pets")
+    # the old bare built-in stays (harmless, never listed by the API); the new one is shared
+    assert set(registry.models()) == {"imagenet", builtin, moved}
+    assert registry.versions(moved) == [first.version, second.version]
+    assert registry.active_version(moved) == first.version  # the active version is kept
+    assert registry.read_file(moved, second.version, "model.keras") == b"two"
+    assert not registry.exists("pets") and not registry.is_shared(moved)
+    assert registry.is_shared(builtin) and registry.shared_model("imagenet") == builtin
+    assert split_model_id(moved) == ("local-admin", "pets")
+
+
+def test_namespaces_keep_two_clients_models_of_one_name_apart(registry: ModelRegistry) -> None:
+    alices, bobs = model_id("alice", "pets"), model_id("bob", "pets")
+    registry.activate(alices, _publish(registry, alices, b"alice").version)
+    registry.activate(bobs, _publish(registry, bobs, b"bob").version)
+    assert registry.read_file(alices, 1, "model.keras") == b"alice"
+    assert registry.read_file(bobs, 1, "model.keras") == b"bob"
+    assert registry.shared_model("pets") is None
+    registry.set_shared(bobs, True)
+    assert registry.shared_model("pets") == bobs
+    registry.set_shared(bobs, False)
+    assert registry.shared_model("pets") is None

@@ -40,13 +40,13 @@ class PreloadModels(bootsteps.StartStopStep):
         settings = context.settings
         serve_metrics(settings.metrics_port)
         models = context.models
-        models.ensure_default()
-        version = models.serving_version(settings.default_model)
+        default_model = models.ensure_default()
+        version = models.serving_version(default_model)
         models.watch(context.redis, settings.model_check_interval_s)
         settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
         settings.ready_file.touch()
         self._ready_file = settings.ready_file
-        logger.info("model ready", extra={"model": settings.default_model, "version": version})
+        logger.info("model ready", extra={"model": default_model, "version": version})
 
     def stop(self, worker: Any) -> None:
         """Withdraw readiness first, so no new traffic is routed here while shutting down."""

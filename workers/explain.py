@@ -19,6 +19,7 @@ from imgq.jobs.documents import PredictResult
 from imgq.jobs.status import JobType
 from imgq.queueing import EXPLAIN_TASK
 from ml.preprocess import decode_image
+from ml.registry import split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.outcomes import fail_job, succeed_job
 
@@ -63,7 +64,7 @@ def explain_job(context: WorkerContext, job_id: str) -> None:
         )
         artifacts.append(name)
     result = PredictResult(
-        target.model,
+        split_model_id(target.model)[1],
         version,
         [[asdict(p) for p in top] for top in tops],
         explanations=explanations,

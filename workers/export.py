@@ -18,6 +18,7 @@ from celery import Task
 from imgq.errors import ExportFailed, ExportNotSupported
 from imgq.jobs.status import JobType
 from imgq.queueing import EXPORT_TASK
+from ml.registry import split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.long_jobs import claim_long_job, run_watched
 from workers.outcomes import succeed_job
@@ -35,9 +36,9 @@ def run_export_job(context: WorkerContext, job_id: str) -> None:
         job, lambda: _export(context, model, version, job.params["format"]), ExportFailed()
     )
     if ok and report is not None:
-        succeed_job(
-            context.jobs, JobType.EXPORT, job_id, {"model": model, "version": version, **report}
-        )
+        owner, name = split_model_id(model)
+        result = {"model": name, "owner": owner, "version": version, **report}
+        succeed_job(context.jobs, JobType.EXPORT, job_id, result)
 
 
 def _export(context: WorkerContext, model: str, version: int, fmt: str) -> dict[str, Any]:

@@ -10,18 +10,20 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from ml.registry import split_model_id
+
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = Histogram(
     "imgq_inference_batch_size",
     "Images per forward pass.",
-    ["model"],
+    ["owner", "model"],
     buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128),
 )
 FORWARD_SECONDS = Histogram(
     "imgq_inference_forward_seconds",
     "Duration of one forward pass (padded to its bucket size).",
-    ["model"],
+    ["owner", "model"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
 DECODE_SECONDS = Histogram(
@@ -43,7 +45,7 @@ JOB_LATENCY = Histogram(
 MODEL_LOAD_FAILURES = Counter(
     "imgq_worker_model_load_failures_total",
     "Activated versions this worker could not load (it kept serving the previous one).",
-    ["model"],
+    ["owner", "model"],
 )
 FINETUNE_SECONDS = Histogram(
     "imgq_finetune_duration_seconds",
@@ -58,8 +60,14 @@ WEBHOOK_ATTEMPTS = Counter(
 ACTIVE_VERSION = Gauge(
     "imgq_worker_model_version",
     "Version of each model this worker has loaded and serves as active.",
-    ["model"],
+    ["owner", "model"],
 )
+
+
+def model_labels(model: str) -> tuple[str, str]:
+    """The ``owner`` and ``model`` labels of a model id (``@alice/pets``: alice, pets)."""
+    owner, name = split_model_id(model)
+    return owner or "", name
 
 
 def serve_metrics(port: int) -> None:

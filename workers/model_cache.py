@@ -21,8 +21,8 @@ import redis
 from imgq.errors import ImgqError, ModelLoadFailed
 from imgq.redis_keys import MODELS_CHANNEL
 from imgq.settings import Settings
-from ml.registry import ModelRegistry
-from workers.metrics import ACTIVE_VERSION, MODEL_LOAD_FAILURES
+from ml.registry import ModelRegistry, prepare_store
+from workers.metrics import ACTIVE_VERSION, MODEL_LOAD_FAILURES, model_labels
 
 if TYPE_CHECKING:
     from ml.classifier import Classifier
@@ -41,9 +41,16 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
 
-    def ensure_default(self) -> None:
-        """Register the built-in ImageNet classifier if the store has none yet."""
-        self.registry.ensure_builtin(self._settings.default_backbone, time.time())
+    def ensure_default(self) -> str:
+        """Get the store ready (see ``ml.registry.prepare_store``); returns the id of the model
+        unpinned requests get by default: the shared model named ``IMGQ_DEFAULT_MODEL``."""
+        builtin = prepare_store(
+            self.registry,
+            legacy_namespace=self._settings.legacy_model_owner,
+            backbone=self._settings.default_backbone,
+            created_at=time.time(),
+        )
+        return self.registry.shared_model(self._settings.default_model) or builtin
 
     def get(self, model: str, version: int) -> Classifier:
         """Return the loaded classifier, loading and warming it on first use.
@@ -110,7 +117,7 @@ class ModelCache:
         self.get(model, version)
         with self._lock:
             self._serving.setdefault(model, version)
-            ACTIVE_VERSION.labels(model).set(self._serving[model])
+            ACTIVE_VERSION.labels(*model_labels(model)).set(self._serving[model])
             return self._serving[model]
 
     def refresh(self, model: str) -> None:
@@ -123,7 +130,7 @@ class ModelCache:
                 return
             self.get(model, wanted)
         except ImgqError as exc:
-            MODEL_LOAD_FAILURES.labels(model).inc()
+            MODEL_LOAD_FAILURES.labels(*model_labels(model)).inc()
             logger.error(
                 "could not load new version; keeping the serving one",
                 extra={"model": model, "serving": current, "error": str(exc)},
@@ -131,7 +138,7 @@ class ModelCache:
             return
         with self._lock:
             self._serving[model] = wanted
-        ACTIVE_VERSION.labels(model).set(wanted)
+        ACTIVE_VERSION.labels(*model_labels(model)).set(wanted)
         logger.info("now serving", extra={"model": model, "version": wanted, "previous": current})
 
     def watch(self, client: redis.Redis, interval_s: float) -> threading.Thread:

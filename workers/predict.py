@@ -28,9 +28,10 @@ from imgq.jobs.predict_images import ImageResult, PredictTarget
 from imgq.jobs.status import JobType
 from imgq.queueing import PREDICT_IMAGE_TASK
 from ml.preprocess import decode_image
+from ml.registry import split_model_id
 from workers.batching import DynamicBatches
 from workers.context import WorkerApp, WorkerContext
-from workers.metrics import BATCH_SIZE, DECODE_SECONDS, FORWARD_SECONDS
+from workers.metrics import BATCH_SIZE, DECODE_SECONDS, FORWARD_SECONDS, model_labels
 from workers.outcomes import count_completed_predictions, fail_job
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ class BatchRunner:
                 logger.info("image rejected", extra={"job_id": target.job_id, "code": error.code})
         if not good:
             return
-        BATCH_SIZE.labels(model).observe(len(good))
-        with FORWARD_SECONDS.labels(model).time():
+        BATCH_SIZE.labels(*model_labels(model)).observe(len(good))
+        with FORWARD_SECONDS.labels(*model_labels(model)).time():
             probabilities = classifier.predict_proba(np.stack([pixels for _, pixels in good]))
         results = [
             ImageResult(
@@ -130,7 +131,7 @@ class BatchRunner:
             )
             for ((target, index, _), _pixels), row in zip(good, probabilities, strict=True)
         ]
-        latencies = self.context.images.store(model, version, results)
+        latencies = self.context.images.store(split_model_id(model)[1], version, results)
         count_completed_predictions(latencies)
         logger.debug(
             "batch done",

@@ -26,6 +26,7 @@ from imgq.errors import TrainingFailed
 from imgq.jobs.status import JobType
 from imgq.model_events import announce_activation
 from imgq.queueing import FINETUNE_TASK
+from ml.registry import split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.long_jobs import claim_long_job, run_watched
 from workers.metrics import FINETUNE_SECONDS, serve_metrics
@@ -72,10 +73,15 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
             return
         if result is None:
             cancel_running_job(context.jobs, JobType.FINETUNE, job_id)
-        elif succeed_job(context.jobs, JobType.FINETUNE, job_id, result):
+            return
+        model = result["model"]
+        owner, name = split_model_id(model)
+        if succeed_job(
+            context.jobs, JobType.FINETUNE, job_id, {**result, "model": name, "owner": owner}
+        ):
             FINETUNE_SECONDS.observe(time.monotonic() - started)
             if result["activated"]:
-                announce_activation(context.redis, result["model"])
+                announce_activation(context.redis, model)
     finally:
         archive.unlink(missing_ok=True)
 

@@ -134,6 +134,7 @@ def cmd_models(client: ImgqClient, args: argparse.Namespace) -> Any:
     rows = [
         [
             m["name"],
+            m.get("owner", ""),
             v["version"],
             "*" if v["active"] else "",
             v["backbone"],
@@ -142,7 +143,7 @@ def cmd_models(client: ImgqClient, args: argparse.Namespace) -> Any:
         for m in models
         for v in m["versions"]
     ]
-    _table(rows, ["model", "version", "active", "backbone", "accuracy"])
+    _table(rows, ["model", "owner", "version", "active", "backbone", "accuracy"])
     return None
 
 
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("id")
     job.set_defaults(run=cmd_job)
     commands.add_parser("models", help="list models").set_defaults(run=cmd_models)
-    activate = commands.add_parser("activate", help="activate a model version (admin)")
+    activate = commands.add_parser("activate", help="activate a version of your model")
     activate.add_argument("name")
     activate.add_argument("version", type=int)
     activate.set_defaults(run=cmd_activate)

@@ -99,8 +99,9 @@ class PredictImages:
         return list(pipe.execute())
 
     def store(self, model: str, version: int, results: Sequence[ImageResult]) -> list[float]:
-        """Store per-image predictions of ``model`` ``version``; returns the latency (s) of
-        each job this call completed."""
+        """Store per-image predictions of version ``version`` of the model results call
+        ``model`` (its name, not its id); returns the latency (s) of each job this call
+        completed."""
         now = time.time()
         head, tail = PredictResult.frame(model, version)
         pipe = self._redis.pipeline(transaction=False)

@@ -20,6 +20,7 @@ from imgq.local.supervisor import Service
 from imgq.queueing import PREDICT_IMAGE_TASK, PREDICT_QUEUE, make_celery
 from imgq.redis_keys import job_record
 from imgq.settings import Settings
+from ml.registry import BUILTIN_MODEL_ID
 from tests.support.http import wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("predict_worker", "webhooks_worker")]
@@ -40,7 +41,7 @@ def _store_job(
     JobStore(client, settings.job_ttl_s).create_predict_job(
         job_id,
         images,
-        "imagenet",
+        BUILTIN_MODEL_ID,
         None,
         3,
         client="admin",

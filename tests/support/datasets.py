@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 from skimage import data
 
-from tests.support.http import http
+from tests.support.http import Http, http
 from tests.support.images import encode_image
 
 PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
@@ -72,19 +72,23 @@ def cat_image() -> bytes:
     return next(_variants(data.chelsea(), 1, np.random.default_rng(99)))
 
 
-def submit_finetune(base_url: str, archive: bytes, **fields: Any) -> requests.Response:
-    """``POST /jobs/finetune`` as the admin, with a quick training unless ``fields`` say otherwise.
+def submit_finetune(
+    base_url: str, archive: bytes, *, caller: Http = http, **fields: Any
+) -> requests.Response:
+    """``POST /jobs/finetune`` (as the admin unless ``caller`` says), with a quick training
+    unless ``fields`` say otherwise.
 
     Args:
         base_url: the API's base URL.
         archive: the dataset zip.
+        caller: whose key sends it.
         **fields: form fields (``model`` among them), over ``FINETUNE_FORM``.
 
     Returns:
         The API's answer, not checked.
     """
     form = {**FINETUNE_FORM, **{k: str(v) for k, v in fields.items()}}
-    return http.post(
+    return caller.post(
         f"{base_url}/jobs/finetune",
         data=form,
         files={"dataset": ("pets.zip", archive, "application/zip")},

@@ -69,7 +69,9 @@ def _publish(registry: ModelRegistry, name: str, payload: bytes = GOOD) -> int:
 
 
 def _load_failures(model: str) -> float:
-    value = REGISTRY.get_sample_value("imgq_worker_model_load_failures_total", {"model": model})
+    value = REGISTRY.get_sample_value(
+        "imgq_worker_model_load_failures_total", {"owner": "", "model": model}
+    )
     return value or 0.0
 
 
