@@ -5,8 +5,11 @@ Which model a name means, and who may do what with it, is decided in ``api.model
 
 from __future__ import annotations
 
+import io
+import mimetypes
 from typing import Any
 
+from flask import Response, send_file
 from flask_smorest import Blueprint
 
 from api.auth import require_admin
@@ -20,7 +23,7 @@ from api.model_access import (
 )
 from api.schemas import ErrorEnvelopeSchema, ModelPatchSchema, ModelSchema
 from api.services import services
-from imgq.errors import Conflict
+from imgq.errors import Conflict, NotFound, VersionIsActive
 from imgq.model_events import announce_activation
 from ml.registry import split_model_id
 
@@ -82,3 +85,61 @@ def activate_version(name: str, version: int) -> dict[str, Any]:
     svc.registry.activate(model, version)
     announce_activation(svc.redis, model)
     return describe(model, with_training=True)
+
+
+@blp.route("/<string:name>", methods=["DELETE"], parameters=[OWNER_PARAMETER])
+@blp.response(204)
+@blp.alt_response(403, schema=ErrorEnvelopeSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+def delete_model(name: str) -> None:
+    """Delete a model with every version and export (its owner or an admin); prediction
+    workers stop serving it."""
+    svc = services()
+    model = owned_model(name)
+    svc.registry.delete_model(model)
+    announce_activation(svc.redis, model)  # workers re-read it, find it gone and drop it
+
+
+@blp.route(
+    "/<string:name>/versions/<int:version>", methods=["DELETE"], parameters=[OWNER_PARAMETER]
+)
+@blp.response(204)
+@blp.alt_response(403, schema=ErrorEnvelopeSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+@blp.alt_response(409, schema=ErrorEnvelopeSchema)
+def delete_version(name: str, version: int) -> None:
+    """Delete a version that is not the active one, with its exports (owner or admin)."""
+    svc = services()
+    model = owned_model(name)
+    version_of(model, version)
+    if svc.registry.active_version(model) == version:
+        raise VersionIsActive(
+            f"Version {version} of {name!r} is active; activate another version first.",
+            {"model": name, "version": version},
+        )
+    svc.registry.delete_version(model, version)
+
+
+@blp.route(
+    "/<string:name>/versions/<int:version>/artifacts/<string:file_name>",
+    parameters=[OWNER_PARAMETER],
+)
+@blp.response(200, description="The file (PNG plot or JSON report).")
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+def get_version_artifact(name: str, version: int, file_name: str) -> Response:
+    """A trained version's evaluation report or plots; versions outlive the jobs that made
+    them, so their files have an address of their own."""
+    model = visible_model(name)
+    meta = version_of(model, version)
+    if file_name not in meta.artifacts:
+        raise NotFound(
+            f"Version {version} of {name!r} has no artifact {file_name!r}.",
+            {"model": name, "version": version, "name": file_name, "artifacts": meta.artifacts},
+        )
+    content = services().registry.read_file(model, version, file_name)
+    return send_file(
+        io.BytesIO(content),
+        mimetype=mimetypes.guess_type(file_name)[0],
+        download_name=file_name,
+        max_age=3600,
+    )

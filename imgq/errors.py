@@ -66,6 +66,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UriTooLong",
     "ValidationFailed",
+    "VersionIsActive",
     "VersionNotFound",
     "WebhookNotDue",
     "WeightsNotFound",
@@ -162,6 +163,12 @@ class WebhookNotDue(Conflict):
     """Redelivery asked for a job whose webhook was never due (it has not ended)."""
 
     code = "webhook_not_due"
+
+
+class VersionIsActive(Conflict):
+    """The version to delete is the one the model serves; activate another first."""
+
+    code = "version_is_active"
 
 
 class IdempotencyConflict(Conflict):

@@ -281,6 +281,26 @@ class ModelRegistry:
                 shutil.rmtree(partial, ignore_errors=True)
         return target
 
+    def _remove(self, path: str) -> None:
+        """Make a directory vanish at once, then delete its files (local: by a rename aside)."""
+        if not self.is_local:
+            self.fs.rm(path, recursive=True)
+            return
+        doomed = Path(path).with_name(f".deleted-{Path(path).name}-{os.getpid()}-{id(path)}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def delete_version(self, name: str, version: int) -> None:
+        """Remove one version with its exports (the caller keeps it from being the active one)."""
+        self.get(name, version)
+        self._remove(self._path(name, version))
+        shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
+
+    def delete_model(self, name: str) -> None:
+        """Remove a model: every version, its exports and its active pointer."""
+        self._remove(self._model_path(name))
+        shutil.rmtree(self.cache_dir / name, ignore_errors=True)
+
     def activate(self, name: str, version: int) -> None:
         """Point ``name``'s active version at ``version`` (which must exist)."""
         self.get(name, version)

@@ -54,6 +54,10 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     for name in result["artifacts"]:
         artifact = http.get(f"{api_server}/jobs/{job['id']}/artifacts/{name}", timeout=10)
         assert artifact.status_code == 200 and artifact.content
+        of_version = http.get(f"{api_server}/models/pets/versions/1/artifacts/{name}", timeout=10)
+        assert of_version.content == artifact.content  # the same file, addressed by its version
+    missing = http.get(f"{api_server}/models/pets/versions/1/artifacts/model.keras", timeout=10)
+    assert missing.status_code == 404  # only the listed artifacts, never the model itself
     model = http.get(f"{api_server}/models/pets", timeout=5).json()
     assert model["active_version"] == 1
     assert model["versions"][0]["training"]["dataset_fingerprint"]

@@ -54,6 +54,7 @@ def _cross_client_calls(base: str, name: str) -> list[tuple[str, str, dict[str, 
         ("GET", f"{model}/versions/1/exports", {}),
         ("POST", f"{model}/versions/1/exports", {"json": {"format": "tflite"}}),
         ("GET", f"{model}/versions/1/exports/tflite", {}),
+        ("GET", f"{model}/versions/1/artifacts/evaluation.json", {}),
         ("POST", f"{base}/jobs/predict", {"json": {"images": [CAT], "model": name}}),
     ]
 
@@ -138,3 +139,15 @@ def test_the_built_in_and_default_names_are_reserved(alices_model: str) -> None:
     )
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "reserved_model_name"
+
+
+def test_only_the_owner_deletes_and_never_the_active_version(alices_model: str) -> None:
+    base = alices_model
+    assert bob.delete(f"{base}/models/ownpets", params={"owner": "alice"}).status_code == 404
+    active = alice.delete(f"{base}/models/ownpets/versions/1")
+    assert active.status_code == 409
+    assert active.json()["error"]["code"] == "version_is_active"
+    assert bob.delete(f"{base}/models/ownpets").status_code == 204  # his own (trained above)
+    assert bob.get(f"{base}/models/ownpets").status_code == 404
+    assert _predict(base, bob, model="ownpets").status_code == 404
+    assert alice.get(f"{base}/models/ownpets").json()["active_version"] == 1

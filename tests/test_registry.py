@@ -133,3 +133,17 @@ def test_namespaces_keep_two_clients_models_of_one_name_apart(registry: ModelReg
     assert registry.shared_model("pets") == bobs
     registry.set_shared(bobs, False)
     assert registry.shared_model("pets") is None
+
+
+def test_a_deleted_version_or_model_is_gone_whole(registry: ModelRegistry) -> None:
+    pets = model_id("alice", "pets")
+    first, second = _publish(registry, pets, b"one"), _publish(registry, pets, b"two")
+    registry.activate(pets, first.version)
+    registry.delete_version(pets, second.version)
+    assert registry.versions(pets) == [first.version]
+    with pytest.raises(VersionNotFound):
+        registry.get(pets, second.version)
+    registry.delete_model(pets)
+    assert not registry.exists(pets) and pets not in registry.models()
+    with pytest.raises(ModelNotFound):
+        registry.versions(pets)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from imgq.errors import ImgqError, ModelLoadFailed
+from imgq.errors import ImgqError, ModelLoadFailed, ModelNotFound
 from imgq.redis_keys import MODELS_CHANNEL
 from imgq.settings import Settings
 from ml.registry import ModelRegistry, prepare_store
@@ -129,6 +129,9 @@ class ModelCache:
             if wanted == current:
                 return
             self.get(model, wanted)
+        except ModelNotFound:
+            self._forget(model)  # deleted: nothing left to serve or to watch
+            return
         except ImgqError as exc:
             MODEL_LOAD_FAILURES.labels(*model_labels(model)).inc()
             logger.error(
@@ -140,6 +143,13 @@ class ModelCache:
             self._serving[model] = wanted
         ACTIVE_VERSION.labels(*model_labels(model)).set(wanted)
         logger.info("now serving", extra={"model": model, "version": wanted, "previous": current})
+
+    def _forget(self, model: str) -> None:
+        with self._lock:
+            self._serving.pop(model, None)
+            for key in [key for key in self._loaded if key[0] == model]:
+                del self._loaded[key]
+        logger.info("model deleted; no longer served", extra={"model": model})
 
     def watch(self, client: redis.Redis, interval_s: float) -> threading.Thread:
         """Start the watcher thread: announcements swap at once, a periodic check backs them up."""
