@@ -12,7 +12,7 @@ from typing import Any
 from flask import Response, send_file
 from flask_smorest import Blueprint
 
-from api.auth import require_admin
+from api.auth import current_client, require_admin
 from api.model_access import (
     OWNER_PARAMETER,
     describe,
@@ -21,10 +21,16 @@ from api.model_access import (
     visible_model,
     visible_models,
 )
-from api.schemas import ErrorEnvelopeSchema, ModelPatchSchema, ModelSchema
+from api.schemas import (
+    ErrorEnvelopeSchema,
+    ModelEventsQuerySchema,
+    ModelEventsSchema,
+    ModelPatchSchema,
+    ModelSchema,
+)
 from api.services import services
 from imgq.errors import Conflict, NotFound, VersionIsActive
-from imgq.model_events import announce_activation
+from imgq.model_events import ModelEvent, announce_activation, model_event
 from ml.registry import split_model_id
 
 blp = Blueprint("models", __name__, url_prefix="/models", description="Model registry")
@@ -64,7 +70,10 @@ def update_model(changes: dict[str, Any], name: str) -> dict[str, Any]:
                 f"A shared model is already called {name!r} (owned by {owner!r}).",
                 {"model": name, "owner": owner},
             )
-        registry.set_shared(model, changes["shared"])
+        if changes["shared"] != registry.is_shared(model):
+            registry.set_shared(model, changes["shared"])
+            event = ModelEvent.SHARED if changes["shared"] else ModelEvent.UNSHARED
+            registry.record_event(model, model_event(event, current_client().client))
     return describe(model, with_training=True)
 
 
@@ -82,8 +91,14 @@ def activate_version(name: str, version: int) -> dict[str, Any]:
     svc = services()
     model = owned_model(name)
     version_of(model, version)
+    previous = svc.registry.active_version(model)
     svc.registry.activate(model, version)
     announce_activation(svc.redis, model)
+    event = ModelEvent.ROLLED_BACK if version < previous else ModelEvent.ACTIVATED
+    details = {"previous_version": previous}
+    svc.registry.record_event(
+        model, model_event(event, current_client().client, version=version, details=details)
+    )
     return describe(model, with_training=True)
 
 
@@ -118,6 +133,22 @@ def delete_version(name: str, version: int) -> None:
             {"model": name, "version": version},
         )
     svc.registry.delete_version(model, version)
+    svc.registry.record_event(
+        model, model_event(ModelEvent.VERSION_DELETED, current_client().client, version=version)
+    )
+
+
+@blp.route("/<string:name>/events", parameters=[OWNER_PARAMETER])
+@blp.arguments(ModelEventsQuerySchema, location="query")
+@blp.response(200, ModelEventsSchema)
+@blp.alt_response(404, schema=ErrorEnvelopeSchema)
+def list_model_events(query: dict[str, Any], name: str) -> dict[str, Any]:
+    """The model's history, newest first: every publish, activation, rollback, share change
+    and deletion, with the client that did it (``system`` for the activation gate)."""
+    events, cursor = services().registry.events(
+        visible_model(name), query["limit"], query.get("cursor")
+    )
+    return {"events": events, "next_cursor": cursor}
 
 
 @blp.route(

@@ -246,6 +246,39 @@ class ModelPatchSchema(Schema):
     )
 
 
+class ModelEventsQuerySchema(Schema):
+    """Query of ``GET /models/<name>/events``."""
+
+    owner = fields.String(validate=validate.Length(min=1, max=200))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(
+        validate=validate.Regexp(r"^[0-9]{13}\.[0-9]{6}-[0-9a-f]{12}\.json$"),
+        metadata={"description": "`next_cursor` of the previous page (opaque)."},
+    )
+
+
+class ModelEventSchema(Schema):
+    """One entry of a model's event log."""
+
+    at = fields.Float(metadata={"description": "Unix time."})
+    event = fields.String(
+        metadata={
+            "description": "published, activated, rolled_back, shared, unshared, version_deleted."
+        }
+    )
+    by = fields.String(metadata={"description": "The client that did it, or `system`."})
+    version = fields.Integer(allow_none=True)
+    reason = fields.String(allow_none=True)
+    details = fields.Raw(allow_none=True)
+
+
+class ModelEventsSchema(Schema):
+    """A page of a model's event log, newest first."""
+
+    events = fields.List(fields.Nested(ModelEventSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
 class ExportRequestSchema(Schema):
     """Body of ``POST /models/<name>/versions/<v>/exports``."""
 

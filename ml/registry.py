@@ -30,6 +30,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,6 +301,28 @@ class ModelRegistry:
         """Remove a model: every version, its exports and its active pointer."""
         self._remove(self._model_path(name))
         shutil.rmtree(self.cache_dir / name, ignore_errors=True)
+
+    def record_event(self, name: str, event: dict[str, Any]) -> None:
+        """Add an entry (with a float ``at``) to the model's event log, one file per entry so
+        that an object store needs no append."""
+        entry = f"{float(event['at']):020.6f}-{uuid.uuid4().hex[:12]}.json"
+        self._write(self._path(name, "events", entry), json.dumps(event))
+
+    def events(
+        self, name: str, limit: int, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` log entries, newest first, older than ``cursor``; and the cursor of
+        the next page (None at the end)."""
+        self.active_version(name)  # ModelNotFound for an unknown model
+        entries = sorted(
+            (e for e in self._children(self._path(name, "events")) if e.endswith(".json")),
+            reverse=True,
+        )
+        if cursor is not None:
+            entries = [entry for entry in entries if entry < cursor]
+        page = entries[:limit]
+        texts = [self._read(self._path(name, "events", entry)) for entry in page]
+        return [json.loads(t) for t in texts if t], page[-1] if len(entries) > limit else None
 
     def activate(self, name: str, version: int) -> None:
         """Point ``name``'s active version at ``version`` (which must exist)."""

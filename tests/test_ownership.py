@@ -151,3 +151,21 @@ def test_only_the_owner_deletes_and_never_the_active_version(alices_model: str) 
     assert bob.get(f"{base}/models/ownpets").status_code == 404
     assert _predict(base, bob, model="ownpets").status_code == 404
     assert alice.get(f"{base}/models/ownpets").json()["active_version"] == 1
+
+
+def test_the_event_log_says_who_did_what_newest_first(alices_model: str) -> None:
+    base = alices_model
+    url = f"{base}/models/ownpets/events"
+    assert bob.get(url).status_code == 404
+    log = alice.get(url, params={"limit": 100}).json()
+    assert log["next_cursor"] is None
+    happened = [(e["event"], e["by"], e["version"]) for e in reversed(log["events"])]
+    assert happened[:2] == [("published", "alice", 1), ("activated", "system", 1)]
+    assert ("activated", "alice", 1) in happened and ("activated", "admin", 1) in happened
+    assert ("shared", "admin", None) in happened and ("unshared", "admin", None) in happened
+    assert [e["at"] for e in log["events"]] == sorted(
+        (e["at"] for e in log["events"]), reverse=True
+    )
+    first = alice.get(url, params={"limit": 2}).json()
+    rest = alice.get(url, params={"limit": 100, "cursor": first["next_cursor"]}).json()
+    assert first["events"] + rest["events"] == log["events"]

@@ -38,6 +38,8 @@ class LongJob:
     job_type: JobType
     job_id: str
     params: dict[str, Any]
+    client: str
+    """The client whose key submitted the job."""
 
 
 def claim_long_job(context: WorkerContext, job_type: JobType, job_id: str) -> LongJob | None:
@@ -46,7 +48,8 @@ def claim_long_job(context: WorkerContext, job_type: JobType, job_id: str) -> Lo
     if not fields or not context.jobs.mark_running([job_id])[0]:
         logger.info("job gone or not queued; skipping", extra={"job_id": job_id})
         return None
-    return LongJob(context, job_type, job_id, json.loads(fields["params"]))
+    params = json.loads(fields["params"])
+    return LongJob(context, job_type, job_id, params, fields.get("client", ""))
 
 
 def run_watched(

@@ -24,9 +24,9 @@ from celery.signals import worker_process_init
 
 from imgq.errors import TrainingFailed
 from imgq.jobs.status import JobType
-from imgq.model_events import announce_activation
+from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_event
 from imgq.queueing import FINETUNE_TASK
-from ml.registry import split_model_id
+from ml.registry import ModelRegistry, split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.long_jobs import claim_long_job, run_watched
 from workers.metrics import FINETUNE_SECONDS, serve_metrics
@@ -76,6 +76,7 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
             return
         model = result["model"]
         owner, name = split_model_id(model)
+        _log_publication(context, job.client, job_id, result)
         if succeed_job(
             context.jobs, JobType.FINETUNE, job_id, {**result, "model": name, "owner": owner}
         ):
@@ -86,6 +87,33 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
         archive.unlink(missing_ok=True)
 
 
+def _registry(context: WorkerContext) -> ModelRegistry:
+    settings = context.settings
+    return ModelRegistry(settings.model_store, settings.model_cache_dir)
+
+
+def _log_publication(
+    context: WorkerContext, client: str, job_id: str, result: dict[str, Any]
+) -> None:
+    """Put the new version, and the gate's activation of it, in the model's event log."""
+    model, version, reason = result["model"], result["version"], result["activation_reason"]
+    registry = _registry(context)
+    details = {"job_id": job_id}
+    try:
+        registry.record_event(
+            model,
+            model_event(
+                ModelEvent.PUBLISHED, client, version=version, reason=reason, details=details
+            ),
+        )
+        if result["activated"]:
+            registry.record_event(
+                model, model_event(ModelEvent.ACTIVATED, SYSTEM, version=version, reason=reason)
+            )
+    except OSError as exc:  # the version is published either way; the log is a record of it
+        logger.warning("could not log the publication: %s", exc, extra={"job_id": job_id})
+
+
 def _train(
     context: WorkerContext, job_id: str, params: dict[str, Any], archive: Path
 ) -> dict[str, Any] | None:
@@ -93,7 +121,6 @@ def _train(
     from ml.archive import ArchiveLimits
     from ml.backbones import WeightSources
     from ml.finetune import FinetuneRequest, run_finetune
-    from ml.registry import ModelRegistry
     from ml.train import TrainConfig, TrainingCanceled, configure_accelerators
 
     settings = context.settings
@@ -117,7 +144,7 @@ def _train(
     try:
         return run_finetune(
             request,
-            ModelRegistry(settings.model_store, settings.model_cache_dir),
+            _registry(context),
             RedisHooks(context, job_id),
             settings.upload_dir,
         )
