@@ -144,5 +144,6 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
         "owner": owner,
         "shared": registry.is_shared(model),
         "active_version": active,
+        "storage_bytes": registry.storage_bytes(model),
         "versions": versions,
     }

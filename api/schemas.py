@@ -235,6 +235,9 @@ class ModelSchema(Schema):
     owner = fields.String(metadata={"description": "The client whose key created the model."})
     shared = fields.Boolean(metadata={"description": "Every client may predict with it."})
     active_version = fields.Integer()
+    storage_bytes = fields.Integer(
+        metadata={"description": "Bytes on the model store: versions, exports, event log."}
+    )
     versions = fields.List(fields.Nested(ModelVersionSchema))
 
 

@@ -302,6 +302,10 @@ class ModelRegistry:
         self._remove(self._model_path(name))
         shutil.rmtree(self.cache_dir / name, ignore_errors=True)
 
+    def storage_bytes(self, name: str) -> int:
+        """Bytes the model takes on the store: every version, export and log entry."""
+        return int(self.fs.du(self._model_path(name), total=True))
+
     def record_event(self, name: str, event: dict[str, Any]) -> None:
         """Add an entry (with a float ``at``) to the model's event log, one file per entry so
         that an object store needs no append."""

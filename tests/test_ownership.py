@@ -85,6 +85,7 @@ def test_the_owner_and_admins_see_and_activate_the_model(alices_model: str) -> N
     base = alices_model
     mine = alice.get(f"{base}/models/ownpets").json()
     assert (mine["owner"], mine["shared"], mine["active_version"]) == ("alice", False, 1)
+    assert mine["storage_bytes"] > 10_000  # a trained version's model.keras and plots
     assert alice.post(f"{base}/models/ownpets/versions/1/activate").status_code == 200
     as_admin = http.get(f"{base}/models/ownpets", params={"owner": "alice"})
     assert as_admin.status_code == 200 and as_admin.json()["owner"] == "alice"

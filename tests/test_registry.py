@@ -128,6 +128,7 @@ def test_namespaces_keep_two_clients_models_of_one_name_apart(registry: ModelReg
     registry.activate(bobs, _publish(registry, bobs, b"bob").version)
     assert registry.read_file(alices, 1, "model.keras") == b"alice"
     assert registry.read_file(bobs, 1, "model.keras") == b"bob"
+    assert registry.storage_bytes(alices) >= len(b"alice")
     assert registry.shared_model("pets") is None
     registry.set_shared(bobs, True)
     assert registry.shared_model("pets") == bobs
