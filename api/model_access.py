@@ -128,6 +128,15 @@ def visible_models() -> list[str]:
     return seen
 
 
+def _as_client_sees(training: dict[str, Any]) -> dict[str, Any]:
+    """Training parameters with ``base`` as the client named it (``pets:1``, not the id)."""
+    base = training.get("base")
+    if isinstance(base, str) and base.startswith("@"):
+        model, _, number = base.partition(":")
+        return {**training, "base": f"{split_model_id(model)[1]}:{number}"}
+    return training
+
+
 def describe(model: str, *, with_training: bool) -> dict[str, Any]:
     """The document of ``GET /models/<name>``: versions, which is active, owner, shared."""
     registry = services().registry
@@ -136,7 +145,9 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
     versions = []
     for number in registry.versions(model):
         version = {**registry.get(model, number).to_dict(), "name": name}
-        if not with_training:
+        if with_training:
+            version["training"] = _as_client_sees(version["training"])
+        else:
             version.pop("training", None)
         versions.append({**version, "active": number == active})
     return {

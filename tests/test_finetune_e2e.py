@@ -99,6 +99,8 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
         _wait_for_version(api_server, 2)
         rollback = http.post(f"{api_server}/models/pets/versions/1/activate", timeout=10)
         assert rollback.json()["active_version"] == 1
+        versions = rollback.json()["versions"]
+        assert versions[1]["training"]["base"] == "pets:1"  # as the client named it
         _wait_for_version(api_server, 1)
     finally:
         stop.set()
