@@ -57,13 +57,13 @@ def _owned(name: str, owner: str | None) -> str:
 def visible_model(name: str, owner: str | None = None) -> str:
     """The model ``name`` means for the caller: its own, else a shared one; else 404."""
     registry = services().registry
-    own = _owned(name, owner if owner is not None else requested_owner())
+    owner = owner if owner is not None else requested_owner()
+    own = _owned(name, owner)
     if registry.exists(own):
         return own
-    if owner is None and requested_owner() is None:
-        shared = registry.shared_model(name)
-        if shared is not None:
-            return shared
+    shared = registry.shared_model(name) if owner is None else None  # owner=: that one only
+    if shared is not None:
+        return shared
     raise _not_found(name)
 
 

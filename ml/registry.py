@@ -5,7 +5,7 @@ Layout, one directory per version::
     <store>/<model>/<version>/meta.json     # what it is: backbone, size, labels, metrics
     <store>/<model>/<version>/model.keras   # trained versions only, with plots and the report
     <store>/<model>/active                  # the version served when a request names none
-    <store>/<model>/shared                  # present when every client may use the model
+    <store>/_shared/<name>                  # the id of the model every client may use as <name>
 
 where ``<model>`` is a *model id*: a bare name (``pets``), or a name in a namespace
 (``@alice/pets``, see ``model_id``). The service keeps each client's models in the client's
@@ -155,26 +155,33 @@ class ModelRegistry:
         """Whether the model has an active version."""
         return MODEL_ID.match(name) is not None and self.fs.exists(self._path(name, "active"))
 
+    def _shared_entry(self, name: str) -> str:
+        # ``_shared`` is neither a model name nor a namespace (``@…``), so it never clashes.
+        return self._path("_shared", split_model_id(name)[1])
+
     def is_shared(self, name: str) -> bool:
         """Whether every client may use the model."""
-        return self.fs.exists(posixpath.join(self._model_path(name), "shared"))
+        self._model_path(name)  # ModelNotFound for an id that cannot exist
+        return (self._read(self._shared_entry(name)) or "").strip() == name
 
     def set_shared(self, name: str, shared: bool) -> None:
-        """Share the model with every client, or stop sharing it."""
+        """Share the model with every client, or stop sharing it.
+
+        Shared models are indexed by name (``<store>/_shared/<name>`` holds the id), so finding
+        the shared model a name means is one read, whatever the number of namespaces; sharing a
+        model replaces any other shared model of that name (the API refuses that first).
+        """
         self.active_version(name)  # ModelNotFound for an unknown model
-        path = posixpath.join(self._model_path(name), "shared")
         if shared:
-            self._write(path, "1\n")
-        elif self.fs.exists(path):
-            self.fs.rm_file(path)
+            self._write(self._shared_entry(name), f"{name}\n")
+        elif self.is_shared(name):
+            self.fs.rm_file(self._shared_entry(name))
 
     def shared_model(self, name: str) -> str | None:
-        """The id of a shared model called ``name`` in any namespace (the first, by id)."""
-        for namespace in self._children(self.root):
-            candidate = f"{namespace}/{name}"
-            if namespace.startswith("@") and self.exists(candidate) and self.is_shared(candidate):
-                return candidate
-        return None
+        """The id of the shared model called ``name``, if there is one."""
+        text = self._read(self._path("_shared", name)) if MODEL_NAME.match(name) else None
+        model = (text or "").strip()
+        return model if model and self.exists(model) else None
 
     def migrate_into(self, namespace: str, *, skip: frozenset[str] = frozenset()) -> list[str]:
         """Move every bare model but those in ``skip`` into ``namespace``; returns the new ids.
@@ -287,7 +294,7 @@ class ModelRegistry:
         if not self.is_local:
             self.fs.rm(path, recursive=True)
             return
-        doomed = Path(path).with_name(f".deleted-{Path(path).name}-{os.getpid()}-{id(path)}")
+        doomed = Path(path).with_name(f".deleted-{Path(path).name}-{uuid.uuid4().hex}")
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -298,7 +305,9 @@ class ModelRegistry:
         shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
 
     def delete_model(self, name: str) -> None:
-        """Remove a model: every version, its exports and its active pointer."""
+        """Remove a model: every version, its exports, its active pointer and its sharing."""
+        if self.is_shared(name):
+            self.fs.rm_file(self._shared_entry(name))
         self._remove(self._model_path(name))
         shutil.rmtree(self.cache_dir / name, ignore_errors=True)
 
