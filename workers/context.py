@@ -36,6 +36,8 @@ class WorkerContext:
     heartbeats: HeartbeatRegistry
     predict_checks: PredictChecks
     deliveries: DeliveryStore
+    image_limits: ImageLimits
+    """Limits every decoded image is held to."""
     model_cache: ModelCache | None = None
 
     @classmethod
@@ -56,6 +58,7 @@ class WorkerContext:
             heartbeats=HeartbeatRegistry(client),
             predict_checks=PredictChecks(client),
             deliveries=DeliveryStore(client, settings.job_ttl_s),
+            image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
             model_cache=cache,
         )
 
@@ -65,11 +68,6 @@ class WorkerContext:
         if self.model_cache is None:
             raise RuntimeError("This worker serves no models (only prediction workers do).")
         return self.model_cache
-
-    @property
-    def image_limits(self) -> ImageLimits:
-        """Limits every decoded image is held to."""
-        return ImageLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
 
 
 class WorkerApp(Celery):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import redis
+from celery.app.control import Control
 
 from imgq.local.commands import (
     api_argv,
@@ -118,6 +119,11 @@ class Service:
         """Everything the process printed so far (empty when it prints to the terminal)."""
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
+    def close_log(self) -> None:
+        """Close the log file once the process has ended."""
+        if self._log is not None:
+            self._log.close()
+
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.process.poll() is None
@@ -140,8 +146,7 @@ def stop_all(services: Iterable[Service], timeout_s: float = STOP_GRACE_S) -> No
         except subprocess.TimeoutExpired:
             service.process.kill()
             service.process.wait()
-        if service._log is not None:
-            service._log.close()
+        service.close_log()
 
 
 def launch_redis(settings: Settings, data_dir: Path, log_dir: Path | None) -> Service:
@@ -194,11 +199,10 @@ def launch_worker(
     return Service(name, argv, child_env(settings), log_dir, node=f"{name}@{socket.gethostname()}")
 
 
-def worker_answers(settings: Settings, service: Service) -> bool:
+def worker_answers(control: Control, service: Service) -> bool:
     """Whether the worker answers a Celery ping (raises if it has exited)."""
     if not service.alive():
         raise RuntimeError(f"worker {service.name} exited:\n{service.log()[-4000:]}")
-    control = make_celery(settings).control
     return bool(control.ping(destination=[service.node], timeout=0.5))
 
 
@@ -211,7 +215,8 @@ def start_worker(
 ) -> Service:
     """A worker of ``kind``; returns once it answers a ping."""
     service = launch_worker(settings, log_dir, kind, name)
-    wait_until(lambda: worker_answers(settings, service), timeout_s, f"worker {service.name}")
+    control = make_celery(settings).control  # one broker connection for all the pings
+    wait_until(lambda: worker_answers(control, service), timeout_s, f"worker {service.name}")
     return service
 
 
@@ -240,7 +245,7 @@ class LocalStack:
     """Everything ``make run`` starts: Redis, the API, one worker of each kind, maybe Flower."""
 
     def __init__(self, settings: Settings, log_dir: Path | None = None) -> None:
-        self.settings = settings
+        self._control = make_celery(settings).control
         self.redis = start_redis(settings, settings.redis_dir, log_dir)
         self.api = launch_api(settings, log_dir)
         self.workers = [
@@ -271,7 +276,7 @@ class LocalStack:
         """Whether the API answers and every worker answers a ping (never blocks for long)."""
         try:
             return api_answers(self.api) and all(
-                worker_answers(self.settings, worker) for worker in self.workers
+                worker_answers(self._control, worker) for worker in self.workers
             )
         except (OSError, RuntimeError, redis.RedisError):
             return False
