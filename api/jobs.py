@@ -11,7 +11,7 @@ import mimetypes
 import time
 from typing import Any
 
-from flask import send_file
+from flask import Response, send_file
 from flask_smorest import Blueprint
 
 from api.auth import check_owner, current_client
@@ -146,6 +146,11 @@ def get_artifact(job_id: str, name: str) -> Any:
             content = svc.jobs.artifact(job_id, name)
     if content is None:
         raise NotFound(f"Job {job_id!r} has no artifact {name!r}.", {"id": job_id, "name": name})
+    return send_artifact(content, name)
+
+
+def send_artifact(content: bytes, name: str) -> Response:
+    """A job's or a version's file (PNG plot, JSON report), cacheable: artifacts never change."""
     return send_file(
         io.BytesIO(content),
         mimetype=mimetypes.guess_type(name)[0],

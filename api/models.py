@@ -5,14 +5,13 @@ Which model a name means, and who may do what with it, is decided in ``api.model
 
 from __future__ import annotations
 
-import io
-import mimetypes
 from typing import Any
 
-from flask import Response, send_file
+from flask import Response
 from flask_smorest import Blueprint
 
 from api.auth import current_client, require_admin
+from api.jobs import send_artifact
 from api.model_access import (
     OWNER_PARAMETER,
     describe,
@@ -168,9 +167,4 @@ def get_version_artifact(name: str, version: int, file_name: str) -> Response:
             {"model": name, "version": version, "name": file_name, "artifacts": meta.artifacts},
         )
     content = services().registry.read_file(model, version, file_name)
-    return send_file(
-        io.BytesIO(content),
-        mimetype=mimetypes.guess_type(file_name)[0],
-        download_name=file_name,
-        max_age=3600,
-    )
+    return send_artifact(content, file_name)
