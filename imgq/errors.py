@@ -14,7 +14,12 @@ from typing import Any
 
 from ml.errors import (
     ArchiveTooLarge,
+    DatasetLimitExceeded,
+    DatasetNotFound,
+    DatasetVersionNotFound,
     DecompressionBomb,
+    ImageNotFound,
+    ImagePurged,
     ImageTooLarge,
     ImgqError,
     InvalidArchive,
@@ -30,6 +35,9 @@ from ml.errors import (
 __all__ = [
     "ArchiveTooLarge",
     "Conflict",
+    "DatasetLimitExceeded",
+    "DatasetNotFound",
+    "DatasetVersionNotFound",
     "DeadlineExceeded",
     "DecompressionBomb",
     "ExportFailed",
@@ -39,6 +47,8 @@ __all__ = [
     "HeadersTooLarge",
     "HttpError",
     "IdempotencyConflict",
+    "ImageNotFound",
+    "ImagePurged",
     "ImageTooLarge",
     "ImgqError",
     "InternalError",

@@ -22,7 +22,7 @@ before anything is extracted and the worker gets the same answer after extractio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +111,6 @@ def _pools(files: list[tuple[str, list[str]]], split_given: bool) -> _Pools:
 
 
 def _check_classes(pools: _Pools, min_images_per_class: int) -> tuple[str, ...]:
-    if "train" not in pools:
-        raise InvalidDataset("Split folders were given without a train/ folder.")
     classes = tuple(sorted(pools["train"]))
     for split, by_class in pools.items():
         if set(by_class) != set(classes):
@@ -144,10 +142,14 @@ def _check_classes(pools: _Pools, min_images_per_class: int) -> tuple[str, ...]:
     return classes
 
 
-def _carve(
+def carve_class(
     paths: list[str], shares: dict[str, float], rng: np.random.Generator
 ) -> dict[str, list[str]]:
-    """Split one class's ``paths`` by ``shares``; ``train`` keeps what the others leave."""
+    """Split one class's ``paths`` by ``shares``; ``train`` keeps what the others leave.
+
+    Every split in ``shares`` gets at least one path (``train`` too), so ``paths`` must hold at
+    least as many as there are splits.
+    """
     shuffled = [paths[index] for index in rng.permutation(len(paths))]
     counts = {split: max(1, round(len(paths) * share)) for split, share in shares.items()}
     counts.pop("train")
@@ -162,15 +164,25 @@ def _carve(
     return carved
 
 
+def split_shares(given: set[str], fractions: tuple[float, float, float]) -> dict[str, float]:
+    """The shares in which training images are carved into ``train`` and the splits not given.
+
+    With no split folders (``given`` is ``{"train"}`` for the one pool) that is ``fractions``;
+    with ``test/`` given, train and validation in proportion to their fractions; and so on.
+    """
+    wanted = [split for split in SPLITS if split == "train" or split not in given]
+    weights = dict(zip(SPLITS, fractions, strict=True))
+    return {split: weights[split] / sum(weights[s] for s in wanted) for split in wanted}
+
+
 def _complete_splits(
     pools: _Pools, classes: tuple[str, ...], fractions: tuple[float, float, float], seed: int
 ) -> _Pools:
     """Carve the missing splits out of train, class by class, in the proportions given."""
-    wanted = [split for split in SPLITS if split == "train" or split not in pools]
+    shares = split_shares(set(pools), fractions)
+    wanted = list(shares)
     if len(wanted) == 1:
         return pools
-    weights = dict(zip(SPLITS, fractions, strict=True))
-    shares = {split: weights[split] / sum(weights[s] for s in wanted) for split in wanted}
     rng = np.random.default_rng(seed)
     complete: _Pools = {split: dict(pools.get(split, {})) for split in SPLITS}
     for name in classes:
@@ -181,7 +193,7 @@ def _complete_splits(
                 f"{', '.join(wanted)} needs at least {len(wanted)}.",
                 {"class": name, "count": len(paths), "minimum": len(wanted)},
             )
-        for split, carved in _carve(paths, shares, rng).items():
+        for split, carved in carve_class(paths, shares, rng).items():
             complete[split][name] = carved
     return complete
 
@@ -196,6 +208,50 @@ def _check_arguments(min_images_per_class: int, fractions: tuple[float, float, f
             f"fractions must be three positive numbers (train, validation, test) adding up "
             f"to 1. Received fractions={fractions}."
         )
+
+
+@dataclass(frozen=True)
+class LabelledFiles:
+    """An upload's images by split folder and class, before any rule on class sizes.
+
+    Attributes:
+        pools: split folder -> class -> image paths; the one-pool layout's pool is ``train``.
+        split_given: whether the files came in ``train/`` (and maybe other) split folders.
+    """
+
+    pools: dict[str, dict[str, list[str]]]
+    split_given: bool
+
+    @property
+    def images(self) -> list[tuple[str, str, str | None]]:
+        """``(path, class, split folder or None)`` of every image, sorted by path."""
+        return sorted(
+            (path, name, split if self.split_given else None)
+            for split, by_class in self.pools.items()
+            for name, paths in by_class.items()
+            for path in paths
+        )
+
+
+def labelled_files(paths: Sequence[str]) -> LabelledFiles:
+    """Group an upload's images by split folder and class, checking only its structure.
+
+    An upload that adds images to a stored dataset may hold one class or a few images of one;
+    the class-size rules apply to the dataset version it makes, not to it.
+
+    Raises:
+        InvalidDataset: no images, images outside class folders, split folders without
+            ``train/``, or a paths that points outside the dataset.
+    """
+    files = _visible_files(paths)
+    if not any(_is_image(parts) for _, parts in files):
+        raise InvalidDataset("The dataset has no images.", {"image_suffixes": list(IMAGE_SUFFIXES)})
+    files = _strip_wrapper(files)
+    split_given = any(parts[0] in SPLITS and _is_image(parts) for _, parts in files)
+    pools = _pools(files, split_given)
+    if "train" not in pools:
+        raise InvalidDataset("Split folders were given without a train/ folder.")
+    return LabelledFiles(pools, split_given)
 
 
 def layout_from_paths(
@@ -229,12 +285,8 @@ def layout_from_paths(
         ValueError: ``min_images_per_class`` or ``fractions`` out of range.
     """
     _check_arguments(min_images_per_class, fractions)
-    files = _visible_files(paths)
-    if not any(_is_image(parts) for _, parts in files):
-        raise InvalidDataset("The dataset has no images.", {"image_suffixes": list(IMAGE_SUFFIXES)})
-    files = _strip_wrapper(files)
-    split_given = any(parts[0] in SPLITS and _is_image(parts) for _, parts in files)
-    pools = _pools(files, split_given)
+    listing = labelled_files(paths)
+    pools, split_given = listing.pools, listing.split_given
     classes = _check_classes(pools, min_images_per_class)
     complete = _complete_splits(pools, classes, fractions, seed)
     splits = {
@@ -278,10 +330,7 @@ def dataset_fingerprint(root: Path, layout: DatasetLayout) -> str:
 def load_split(
     root: Path, items: Sequence[tuple[str, int]], image_size: int, limits: ImageLimits
 ) -> tuple[NDArray[np.uint8], NDArray[np.int32], list[dict[str, str]]]:
-    """Decode one split's images into arrays, skipping (and reporting) those that do not decode.
-
-    One bad file in a user's upload should cost one image, not the training job; the skipped
-    files go back to the user with the reason.
+    """Decode one split's images from a folder, skipping (and reporting) those that do not decode.
 
     Args:
         root: the folder the item paths are relative to.
@@ -290,11 +339,39 @@ def load_split(
         limits: byte and pixel bounds of one image.
 
     Returns:
-        Images of shape ``(n, image_size, image_size, 3)`` as uint8, their int32 labels, and
-        one ``{"path", "code", "message"}`` per skipped file.
+        As ``decode_items``.
 
     Raises:
         OSError: a file of ``items`` cannot be read.
+        ValueError: ``image_size`` is below 1.
+    """
+    return decode_items(lambda path: (root / path).read_bytes(), items, image_size, limits)
+
+
+def decode_items(
+    read: Callable[[str], bytes],
+    items: Sequence[tuple[str, int]],
+    image_size: int,
+    limits: ImageLimits,
+) -> tuple[NDArray[np.uint8], NDArray[np.int32], list[dict[str, str]]]:
+    """Decode labelled images into arrays, skipping (and reporting) those that do not decode.
+
+    One bad file in a user's upload should cost one image, not the training job; the skipped
+    files go back to the user with the reason.
+
+    Args:
+        read: the bytes of an item (a path in a folder, an image hash on the store); an
+            ``ImgqError`` it raises (a purged image) skips the item like a decoding error.
+        items: ``(item, class index)`` pairs, as in ``DatasetLayout.splits``.
+        image_size: side of the square images, in pixels.
+        limits: byte and pixel bounds of one image.
+
+    Returns:
+        Images of shape ``(n, image_size, image_size, 3)`` as uint8, their int32 labels, and
+        one ``{"path", "code", "message"}`` per skipped item.
+
+    Raises:
+        OSError: an item cannot be read.
         ValueError: ``image_size`` is below 1.
     """
     if image_size < 1:
@@ -305,9 +382,7 @@ def load_split(
     count = 0
     for path, label in items:
         try:
-            images[count] = decode_image(
-                (root / path).read_bytes(), (image_size, image_size), limits
-            )
+            images[count] = decode_image(read(path), (image_size, image_size), limits)
         except ImgqError as exc:
             skipped.append({"path": path, "code": exc.code, "message": exc.message})
             continue

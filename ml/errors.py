@@ -58,6 +58,39 @@ class VersionNotFound(NotFound):
     code = "version_not_found"
 
 
+class DatasetNotFound(NotFound):
+    """No dataset with that name (or not the caller's)."""
+
+    code = "dataset_not_found"
+
+
+class DatasetVersionNotFound(NotFound):
+    """The dataset exists but not that version."""
+
+    code = "dataset_version_not_found"
+
+
+class ImageNotFound(NotFound):
+    """No image with that SHA-256 in the dataset."""
+
+    code = "image_not_found"
+
+
+class ImagePurged(ImgqError):
+    """The image's bytes were removed for good at the owner's request; it cannot come back."""
+
+    code = "image_purged"
+    status = 410
+
+
+class DatasetLimitExceeded(ImgqError):
+    """A dataset would hold more images or bytes than ``IMGQ_MAX_DATASET_IMAGES`` or
+    ``IMGQ_MAX_DATASET_STORE_BYTES`` allow."""
+
+    code = "dataset_limit_exceeded"
+    status = 413
+
+
 class InvalidImage(ImgqError):
     """The bytes are not a decodable image (unknown format, truncated, corrupt)."""
 

@@ -37,11 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from ml.backbone_specs import lite_resolution
 from ml.errors import ModelNotFound, VersionNotFound
+from ml.store_files import StoreFiles, write_atomically
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 """Allowed model names: they are directory names on the store."""
@@ -49,9 +47,14 @@ MODEL_ID = re.compile(r"^(@[A-Za-z0-9%._~-]{1,250}/)?[a-z0-9][a-z0-9_-]{0,62}$")
 """A model name, optionally in a namespace: ``pets`` or ``@alice/pets``."""
 
 
+def namespace_prefix(namespace: str) -> str:
+    """The first part of the ids in ``namespace`` (any text: it is percent-encoded)."""
+    return f"@{quote(namespace, safe='')}"
+
+
 def model_id(namespace: str, name: str) -> str:
-    """The id of model ``name`` in ``namespace`` (any text: it is percent-encoded)."""
-    return f"@{quote(namespace, safe='')}/{name}"
+    """The id of model ``name`` in ``namespace``."""
+    return f"{namespace_prefix(namespace)}/{name}"
 
 
 def split_model_id(model: str) -> tuple[str | None, str]:
@@ -91,16 +94,7 @@ class ModelVersion:
         return asdict(self)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
-class ModelRegistry:
+class ModelRegistry(StoreFiles):
     """Reads and publishes model versions on a store shared by every process.
 
     Args:
@@ -109,35 +103,13 @@ class ModelRegistry:
     """
 
     def __init__(self, store: str | Path, cache_dir: Path | None = None) -> None:
-        self.fs, root = fsspec.core.url_to_fs(str(store))
-        self.root = root.rstrip("/") or "/"
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        super().__init__(store)
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "imgq-model-cache"
-
-    def _path(self, *parts: str | int) -> str:
-        return posixpath.join(self.root, *(str(part) for part in parts))
 
     def _model_path(self, name: str) -> str:
         if not MODEL_ID.match(name):
             raise ModelNotFound(f"No model named {name!r}.", {"model": name})
         return self._path(name)
-
-    def _read(self, path: str) -> str | None:
-        try:
-            return bytes(self.fs.cat_file(path)).decode()
-        except FileNotFoundError:
-            return None
-
-    def _write(self, path: str, text: str) -> None:
-        if self.is_local:
-            _write_atomically(Path(path), text)
-        else:
-            self.fs.pipe_file(path, text.encode())  # an object PUT is atomic
-
-    def _children(self, path: str) -> list[str]:
-        if not self.fs.exists(path):
-            return []
-        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
 
     def models(self) -> list[str]:
         """Ids of every model with an active version: bare names, then namespaced ids."""
@@ -289,15 +261,6 @@ class ModelRegistry:
                 shutil.rmtree(partial, ignore_errors=True)
         return target
 
-    def _remove(self, path: str) -> None:
-        """Make a directory vanish at once, then delete its files (local: by a rename aside)."""
-        if not self.is_local:
-            self.fs.rm(path, recursive=True)
-            return
-        doomed = Path(path).with_name(f".deleted-{Path(path).name}-{uuid.uuid4().hex}")
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-
     def delete_version(self, name: str, version: int) -> None:
         """Remove one version with its exports (the caller keeps it from being the active one)."""
         self.get(name, version)
@@ -313,7 +276,7 @@ class ModelRegistry:
 
     def storage_bytes(self, name: str) -> int:
         """Bytes the model takes on the store: every version, export and log entry."""
-        return int(self.fs.du(self._model_path(name), total=True))
+        return self._bytes_under(self._model_path(name))
 
     def record_event(self, name: str, event: dict[str, Any]) -> None:
         """Add an entry (with a float ``at``) to the model's event log, one file per entry so
@@ -437,7 +400,7 @@ def publish_version(
             registry.fs.pipe_file(posixpath.join(target, "meta.json"), meta.encode())
             shutil.rmtree(staged, ignore_errors=True)
             return version
-        _write_atomically(staged / "meta.json", meta)
+        write_atomically(staged / "meta.json", meta)
         try:
             staged.rename(Path(registry._path(name, number)))  # fails if the number is taken
         except OSError:
