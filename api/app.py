@@ -7,7 +7,7 @@ import time
 import redis
 from flask import Flask
 
-from api import exports, finetune, health, jobs, metrics, models, predict
+from api import datasets, exports, finetune, health, jobs, metrics, models, predict
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
 from api.services import Services
@@ -18,6 +18,7 @@ from imgq.jobs.store import JobStore
 from imgq.queueing import make_celery
 from imgq.settings import Settings, load_settings
 from imgq.webhooks.schedule import DeliveryStore
+from ml.dataset_store import DatasetStore
 from ml.registry import ModelRegistry, prepare_store
 
 SOCKET_TIMEOUT_S = 2.0
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         jobs=JobStore(client, settings.job_ttl_s),
         registry=registry,
+        datasets=DatasetStore(settings.model_store),
         celery=celery,
         waiters=JobWaiters(client),
         idempotency=IdempotencyKeys(client, settings.job_ttl_s),
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         jobs.blp,
         models.blp,
         exports.blp,
+        datasets.blp,
     ):
         rest_api.register_blueprint(blueprint)
     app.register_blueprint(metrics.blp)  # plain Flask: not part of the OpenAPI document

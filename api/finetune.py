@@ -1,13 +1,14 @@
-"""``POST /jobs/finetune``: upload a labelled dataset and queue a transfer-learning job.
+"""``POST /jobs/finetune``: queue a transfer-learning job on an uploaded or a stored dataset.
 
-Everything that can be known from the archive's listing (unsafe members, bombs, one class, an
-empty or too-small class) is refused here with a 4xx before any job exists; unreadable images
-can only be found when decoding, so the worker skips and reports those.
+An upload is stored by the job as the next version of the dataset ``dataset_name`` (default:
+the model's name), replacing its images or, with ``data_mode=append``, added to them; without
+an upload the job trains on a stored version (``dataset_version``, or the latest of
+``dataset_name``, pinned when the job is accepted). Uploads are checked by ``api.uploads``
+before any job exists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,25 +17,24 @@ from flask import Response, request
 from flask_smorest import Blueprint
 
 from api.auth import current_client
+from api.dataset_access import dataset_version
 from api.idempotency import replay_or_claim
 from api.model_access import resolve_base, target_model
 from api.schemas import FinetuneFormSchema
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
+from api.uploads import check_upload, has_upload, save_upload
 from imgq.errors import InvalidRequest
 from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
 from imgq.webhooks.callback_urls import check_callback_url
-from ml.archive import ArchiveLimits, list_archive
 from ml.backbone_specs import BACKBONE_SIZES
-from ml.datasets import layout_from_paths
+from ml.dataset_ingest import DataMode
+from ml.registry import model_id, split_model_id
 
 blp = Blueprint("finetune", __name__, url_prefix="/jobs", description="Fine-tune jobs")
-
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
-"""Archive formats accepted as ``dataset``."""
 
 _FINETUNE_BODY = {
     "required": True,
@@ -44,20 +44,26 @@ _FINETUNE_BODY = {
 
 @submission_endpoint(blp, "/finetune", body=_FINETUNE_BODY)
 def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
-    """Queue a fine-tune job: a new version of ``model`` trained on the uploaded dataset."""
+    """Queue a fine-tune job: a new version of ``model`` trained on an uploaded dataset (stored
+    as the next version of ``dataset_name``) or on a stored dataset version."""
     svc = services()
     request.max_content_length = svc.settings.max_dataset_bytes
     job_id = new_job_id()
-    params, archive_sha256 = read_finetune_request(job_id)
-    archive = Path(params["archive"])
+    params, content_sha256 = read_finetune_request(job_id)
+    archive = Path(params["archive"]) if "archive" in params else None
+
+    def discard_upload() -> None:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
+
     settings_part = json.dumps({k: v for k, v in params.items() if k != "archive"}, sort_keys=True)
     try:
-        replay = replay_or_claim(fingerprint(settings_part, archive_sha256), job_id)
+        replay = replay_or_claim(fingerprint(settings_part, content_sha256), job_id)
     except Exception:
-        archive.unlink(missing_ok=True)
+        discard_upload()
         raise
     if replay is not None:
-        archive.unlink(missing_ok=True)
+        discard_upload()
         return replay
     callback = params.pop("callback_url", None)
     svc.jobs.create_job(
@@ -67,36 +73,32 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         job_id,
         JobType.FINETUNE,
         lambda: svc.celery.send_task(FINETUNE_TASK, args=[job_id], queue=TRAIN_QUEUE),
-        undo=lambda: archive.unlink(missing_ok=True),
+        undo=discard_upload,
     )
 
 
-def _save_upload(job_id: str) -> tuple[Path, str]:
-    """Stream the ``dataset`` part to the upload folder; returns its path and SHA-256."""
-    part = request.files.get("dataset")
-    if part is None or not part.filename:
-        raise InvalidRequest("No `dataset` file part: send the dataset archive as `dataset`.")
-    name = part.filename.lower()
-    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
+def _stored_dataset(
+    owner: str, name: str | None, reference: str | None
+) -> tuple[dict[str, Any], str]:
+    """The job parameters naming a stored dataset version, and its fingerprint."""
+    if reference is not None:
+        dataset, _, number = reference.partition(":")
+        version = dataset_version(dataset, int(number), owner)
+    elif name is not None:
+        version = dataset_version(name, None, owner)  # the latest, pinned now
+    else:
         raise InvalidRequest(
-            f"`dataset` must be one of {list(ARCHIVE_SUFFIXES)}; got {part.filename!r}."
+            "No `dataset` file part: send the dataset archive as `dataset`, or name a stored "
+            "dataset with `dataset_name` (its latest version) or `dataset_version` (name:version)."
         )
-    upload_dir = services().settings.upload_dir
-    upload_dir.mkdir(parents=True, exist_ok=True)
-    path = upload_dir / f"{job_id}{suffix}"
-    digest = hashlib.sha256()
-    with path.open("wb") as target:
-        while chunk := part.stream.read(1 << 20):
-            digest.update(chunk)
-            target.write(chunk)
-    return path, digest.hexdigest()
+    return {"dataset": version.dataset, "dataset_version": version.version}, version.fingerprint
 
 
 def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
-    """Validate the form and the archive; return the job's parameters and the archive's SHA-256.
+    """Validate the form and the dataset; return the job's parameters and the SHA-256 of what
+    it trains on (the upload, or the stored version's fingerprint).
 
-    The parameters include the saved archive's path as ``archive``.
+    With an upload, the parameters include the saved archive's path as ``archive``.
 
     Raises:
         ImgqError: any problem, with the saved archive removed again.
@@ -106,20 +108,26 @@ def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
         raise InvalidRequest("Send the dataset as multipart/form-data with a `dataset` file.")
     params = FinetuneFormSchema().load(request.form.to_dict())
     params["model"] = target_model(params["model"], params.pop("owner", None))
+    owner, model_name = split_model_id(params["model"])
     params["base"] = resolve_base(params["base"])  # 404 for a model:version the caller lacks
     params.setdefault("image_size", BACKBONE_SIZES.get(params["base"], 224))
     if "callback_url" in params:
         check_callback_url(params["callback_url"], svc.settings.webhook_allow_private)
-    path, digest = _save_upload(job_id)
-    try:
-        settings = svc.settings
-        limits = ArchiveLimits(
-            settings.max_dataset_entries,
-            settings.max_dataset_unpacked_bytes,
-            settings.max_dataset_ratio,
+    mode: DataMode = params.pop("data_mode")
+    name, reference = params.pop("dataset_name", None), params.pop("dataset_version", None)
+    if not has_upload():
+        stored, content_sha256 = _stored_dataset(str(owner), name, reference)
+        return {**params, **stored}, content_sha256
+    if reference is not None:
+        raise InvalidRequest(
+            "`dataset_version` names a stored version to train on; send it without a "
+            "`dataset` file (or send the file with `dataset_name`)."
         )
-        layout_from_paths(list_archive(path, limits), settings.min_images_per_class, params["seed"])
+    dataset = model_id(str(owner), name or model_name)
+    path, digest = save_upload(job_id)
+    try:
+        check_upload(path, dataset, mode, params["seed"])
     except Exception:
         path.unlink(missing_ok=True)
         raise
-    return {**params, "archive": str(path)}, digest
+    return {**params, "dataset": dataset, "data_mode": mode.value, "archive": str(path)}, digest

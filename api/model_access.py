@@ -145,6 +145,7 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
     versions = []
     for number in registry.versions(model):
         version = {**registry.get(model, number).to_dict(), "name": name}
+        version["dataset"] = version["training"].get("dataset")  # name, version, fingerprint
         if with_training:
             version["training"] = _as_client_sees(version["training"])
         else:

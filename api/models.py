@@ -28,6 +28,7 @@ from api.schemas import (
     ModelSchema,
 )
 from api.services import services
+from api.storage import owner_storage_bytes
 from imgq.errors import Conflict, NotFound, VersionIsActive
 from imgq.model_events import ModelEvent, announce_activation, model_event
 from ml.registry import split_model_id
@@ -38,8 +39,11 @@ blp = Blueprint("models", __name__, url_prefix="/models", description="Model reg
 @blp.route("")
 @blp.response(200, ModelSchema(many=True))
 def list_models() -> list[dict[str, Any]]:
-    """Your models and the shared ones (an admin's: every model), without training details."""
-    return [describe(model, with_training=False) for model in visible_models()]
+    """Your models and the shared ones (an admin's: every model), without training details,
+    each with its owner's bytes on the store (models and datasets)."""
+    found = [describe(model, with_training=False) for model in visible_models()]
+    totals = owner_storage_bytes({str(model["owner"]) for model in found})
+    return [{**model, "owner_storage_bytes": totals[str(model["owner"])]} for model in found]
 
 
 @blp.route("/<string:name>", parameters=[OWNER_PARAMETER])

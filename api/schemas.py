@@ -10,8 +10,12 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from imgq.jobs.status import JobStatus, JobType
 from ml.backbone_specs import BACKBONE_SIZES
+from ml.dataset_ingest import DataMode
 from ml.export_formats import FORMATS
 from ml.registry import MODEL_NAME
+
+DATASET_VERSION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}:[0-9]{1,9}$"
+"""``name:version`` of a stored dataset."""
 
 MAX_TOP_K = 1000
 """Largest ``top_k`` accepted; a model's own class count caps what is returned."""
@@ -201,6 +205,26 @@ class FinetuneFormSchema(Schema):
         validate=validate.Length(max=2048),
         metadata={"description": "Called (signed POST of the job) when the job ends."},
     )
+    dataset_name = fields.String(
+        validate=validate.Regexp(MODEL_NAME.pattern),
+        metadata={
+            "description": "The dataset the upload is stored in (default: the model's name); "
+            "without an upload, train on its latest version."
+        },
+    )
+    data_mode = fields.Enum(
+        DataMode,
+        by_value=True,
+        load_default=DataMode.REPLACE,
+        metadata={
+            "description": "`replace`: the upload alone is the dataset's next version; "
+            "`append`: the upload is added to its latest version."
+        },
+    )
+    dataset_version = fields.String(
+        validate=validate.Regexp(DATASET_VERSION_PATTERN),
+        metadata={"description": "`name:version` of a stored dataset to train on (no upload)."},
+    )
 
     @validates_schema
     def _base_is_known(self, data: dict[str, Any], **_: Any) -> None:
@@ -224,6 +248,13 @@ class ModelVersionSchema(Schema):
     created_at = fields.Float()
     metrics = fields.Raw()
     training = fields.Raw()
+    dataset = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "The dataset version it was trained on: `{name, version, "
+            "fingerprint}` (None for the built-in and for versions older than datasets)."
+        },
+    )
     artifacts = fields.List(fields.String())
     active = fields.Boolean()
 
@@ -237,6 +268,9 @@ class ModelSchema(Schema):
     active_version = fields.Integer()
     storage_bytes = fields.Integer(
         metadata={"description": "Bytes on the model store: versions, exports, event log."}
+    )
+    owner_storage_bytes = fields.Integer(
+        metadata={"description": "In `GET /models`: bytes the owner's models and datasets take."}
     )
     versions = fields.List(fields.Nested(ModelVersionSchema))
 

@@ -13,6 +13,7 @@ from imgq.jobs.idempotency import IdempotencyKeys
 from imgq.jobs.store import JobStore
 from imgq.settings import Settings
 from imgq.webhooks.schedule import DeliveryStore
+from ml.dataset_store import DatasetStore
 from ml.registry import ModelRegistry
 
 
@@ -25,6 +26,7 @@ class Services:
     broker: Redis
     jobs: JobStore
     registry: ModelRegistry
+    datasets: DatasetStore
     celery: Celery
     waiters: JobWaiters
     idempotency: IdempotencyKeys

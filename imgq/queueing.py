@@ -58,6 +58,8 @@ EXPORT_TASK = "imgq.train.export"
 """One message per export job: ``(job_id,)``; runs on training workers."""
 FINETUNE_TASK = "imgq.train.finetune"
 """One message per fine-tune job: ``(job_id,)``."""
+INGEST_TASK = "imgq.train.ingest"
+"""One message per ingest job (an upload stored as a dataset version): ``(job_id,)``."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

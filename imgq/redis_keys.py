@@ -81,3 +81,7 @@ MODELS_CHANNEL = "imgq:models:activated"
 KOMBU_UNACKED = "unacked"
 """Kombu's hash of delivered, unacknowledged messages (its default ``unacked_key``); read by
 the reaper and ``/metrics``, never written by imgq."""
+
+
+DATASET_SWEEP_LEASE = "imgq:dataset-sweep"
+"""Held (``SET NX EX``) by the webhooks worker sweeping datasets, so one sweeps per interval."""

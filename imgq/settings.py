@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _VAR = Path("var")
@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     """Largest unpacked/packed size ratio of an archive (zip bombs go far beyond)."""
     min_images_per_class: PositiveInt = 5
     """Fewest images a class may have (each split needs at least one)."""
+    max_dataset_images: PositiveInt = 100_000
+    """Most images in one version of a stored dataset (``413 dataset_limit_exceeded``)."""
+    max_dataset_store_bytes: PositiveInt = 20 * 1024 * 1024 * 1024
+    """Most bytes one stored dataset's images may take on the model store, every version's."""
+    dataset_sweep_interval_s: PositiveInt = 3600
+    """How often webhooks workers remove dataset images that no version holds any more."""
+    dataset_sweep_grace_s: NonNegativeInt = 3600
+    """Age an unreferenced image (or a deleted version) must reach before the sweep removes
+    it, so that a job still reading a version it resolved never loses a file."""
+    activation_margin: float = Field(default=0.02, ge=0, le=1)
+    """Accuracy a version that adds classes may lose against the active version, on the
+    active version's classes, and still be activated (0.02 = 2 points)."""
     train_heartbeat_timeout_s: PositiveInt = 300
     """A fine-tune or export silent this long lost its worker and is failed (``worker_lost``)."""
     train_time_limit_s: PositiveInt = 6 * 3600

@@ -201,12 +201,16 @@ def ingest_archive(store: DatasetStore, request: IngestRequest, scratch: Path) -
                 request.dataset,
                 number,
                 time.time(),
-                latest.version if latest is not None else None,
+                latest.version if latest is not None and request.mode is DataMode.APPEND else None,
                 "upload",
                 seed,
                 entries,
                 request.by,
-                {**request.details, "data_mode": request.mode.value},
+                {
+                    **request.details,
+                    "data_mode": request.mode.value,
+                    "split_given": listing.split_given,
+                },
             )
 
         version = store.commit(request.dataset, make)

@@ -4,7 +4,8 @@ Layout, one directory per dataset (``<dataset>`` is an id like a model's, ``@ali
 
     <store>/_datasets/<dataset>/images/<h[:2]>/<h>     # image bytes, named by their SHA-256
     <store>/_datasets/<dataset>/versions/000003.json   # manifest: hash -> (label, split)
-    <store>/_datasets/<dataset>/retired/000002.json    # a deleted version, until the sweep
+    <store>/_datasets/<dataset>/retired/000002.json    # a deleted version (holds no file
+                                                       # once the sweep's grace has passed)
     <store>/_datasets/<dataset>/purged/<h>             # bytes removed for good, on request
 
 A version never changes once written, and its number is claimed by creating its manifest
@@ -314,8 +315,8 @@ class DatasetStore(StoreFiles):
 
     def purge(self, dataset: str, image: str, now: float | None = None) -> None:
         """Remove an image's bytes for good; every version that held it now reads it purged."""
+        path = self._image_path(dataset, image)  # ImageNotFound for a name that is no hash
         self._write(self._dir(dataset, "purged", image), f"{now or time.time()}\n")
-        path = self._image_path(dataset, image)
         if self.fs.exists(path):
             self.fs.rm_file(path)
 
@@ -331,7 +332,7 @@ class DatasetStore(StoreFiles):
                     yield image, self._dir(dataset, "images", prefix, image)
 
     def sweep(self, dataset: str, grace_s: float, now: float | None = None) -> list[str]:
-        """Remove the images no version refers to (and retired versions), once ``grace_s`` old.
+        """Remove the images no version refers to, once ``grace_s`` old.
 
         An image just written by a job that has not committed its version yet, and an image
         of a version deleted a moment ago that a job may still be reading, are both younger
@@ -343,10 +344,10 @@ class DatasetStore(StoreFiles):
         now = time.time() if now is None else now
         referenced: set[str] = set()
         for manifest, retired_at in self._every_manifest(dataset):
-            if retired_at is not None and retired_at < now - grace_s:
-                self.fs.rm_file(self._dir(dataset, "retired", _manifest_name(manifest.version)))
-                continue
-            referenced.update(manifest.images)
+            # A retired manifest stays (it is small): its number is never reused and its
+            # images keep their splits if uploaded again; past the grace it holds no file.
+            if retired_at is None or retired_at >= now - grace_s:
+                referenced.update(manifest.images)
         removed = []
         for image, path in self._image_files(dataset):
             if image not in referenced and self.fs.modified(path).timestamp() < now - grace_s:

@@ -1,18 +1,23 @@
-"""A whole fine-tune job: archive in, evaluated and published model version out.
+"""A whole fine-tune job: a dataset version in, an evaluated and published model version out.
 
 Called by the training worker; kept free of Celery and Redis so it can be tested and reused
-directly. The steps: unpack the archive safely, find the splits, decode the images (skipping and
-reporting unreadable ones), train, evaluate on the held-out test split, write the model, report
-and plots into a staging directory, publish it as the next version, and activate it when it is
-at least as good as the active version on the same test split.
+directly. The steps: store the uploaded archive, if there is one, as the dataset's next version
+(``ml.dataset_ingest``), decode that version's images from the store (skipping and reporting
+purged ones), train, evaluate on the version's test split, write the model, report and plots
+into a staging directory, publish it as the next version, and activate it by the gate below.
+
+The gate evaluates the active version on the same test split. With the same classes, the new
+version is activated when it is at least as accurate. When the new version's classes strictly
+contain the active version's (classes were added), both are compared on the test images of the
+active version's classes, the new one predicting among those classes only, and it is activated
+when it is no worse by more than ``activation_margin``: otherwise a version that learns new
+classes could never be served. Any other change of classes waits for an explicit activation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,15 +27,10 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from ml.archive import ArchiveLimits, extract_archive
 from ml.backbones import BACKBONES, WeightSources, load_backbone
-from ml.datasets import (
-    DatasetLayout,
-    check_decoded_classes,
-    dataset_fingerprint,
-    layout_from_paths,
-    load_split,
-)
+from ml.dataset_ingest import IngestRequest, ingest_archive
+from ml.dataset_store import DatasetStore, DatasetVersion
+from ml.datasets import SPLITS, DatasetLayout, check_decoded_classes, decode_items
 from ml.errors import ImgqError, InvalidBase
 from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
 from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
@@ -40,6 +40,7 @@ from ml.registry import (
     ModelRegistry,
     ModelVersion,
     publish_version,
+    split_model_id,
     staging_dir,
 )
 from ml.train import TrainConfig, TrainingHooks, train_classifier
@@ -55,11 +56,17 @@ class FinetuneRequest:
     base: str
     image_size: int
     config: TrainConfig
-    archive: Path
+    dataset: str
+    """Id of the dataset to train on."""
+    dataset_version: int | None
+    """Its version; None: the latest (the one ``ingest`` makes, when there is an upload)."""
+    ingest: IngestRequest | None
+    """The upload to store as the dataset's next version first, if any."""
     min_images_per_class: int
-    archive_limits: ArchiveLimits
     image_limits: ImageLimits
     sources: WeightSources
+    activation_margin: float = 0.02
+    """Accuracy a version that adds classes may lose on the active version's classes."""
 
 
 @dataclass
@@ -93,19 +100,28 @@ def resolve_backbone(request: FinetuneRequest, registry: ModelRegistry) -> tuple
     return saved.get_layer("backbone"), version.backbone
 
 
-def load_splits(request: FinetuneRequest, root: Path, image_size: int) -> Splits:
-    """Extract the archive, lay out the splits and decode every image.
+def load_version_splits(
+    datasets: DatasetStore, version: DatasetVersion, request: FinetuneRequest, image_size: int
+) -> Splits:
+    """Decode every image of a dataset version from the store, split as its manifest says.
 
     Raises:
-        InvalidDataset: the listing breaks the dataset rules, or breaks them once the files
-            that do not decode are skipped.
+        InvalidDataset: skipping its purged or undecodable images leaves a class too short.
     """
-    written = extract_archive(request.archive, root, request.archive_limits)
-    relative = [path.relative_to(root).as_posix() for path in written]
-    layout = layout_from_paths(relative, request.min_images_per_class, request.config.seed)
+    classes = tuple(sorted(version.classes))
+    index = {name: number for number, name in enumerate(classes)}
+    items: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
+    for image, (label, split) in sorted(version.images.items()):
+        items[split].append((image, index[label]))
+    layout = DatasetLayout(classes, items, bool(version.details.get("split_given", False)))
     arrays, skipped = {}, []
-    for split, items in layout.splits.items():
-        images, labels, bad = load_split(root, items, image_size, request.image_limits)
+    for split, split_items in items.items():
+        images, labels, bad = decode_items(
+            lambda image: datasets.read_image(version.dataset, image),
+            split_items,
+            image_size,
+            request.image_limits,
+        )
         arrays[split] = (images, labels)
         skipped.extend(bad)
     labels_by_split = {split: labels for split, (_, labels) in arrays.items()}
@@ -113,19 +129,55 @@ def load_splits(request: FinetuneRequest, root: Path, image_size: int) -> Splits
     return Splits(layout, arrays, skipped)
 
 
+def _accuracy(predicted: NDArray[np.int64], truth: NDArray[np.int32]) -> float:
+    return float(np.mean(predicted == truth))
+
+
+def _compare_on_old_classes(
+    active: ModelVersion,
+    saved: keras.Model,
+    classes: list[str],
+    test: tuple[NDArray[np.uint8], NDArray[np.int32]],
+    probabilities: NDArray[np.float32],
+    *,
+    margin: float,
+) -> tuple[bool, str]:
+    """The gate for a version whose classes strictly contain the active version's."""
+    old = list(active.labels)
+    columns = np.array([classes.index(name) for name in old])
+    keep = np.isin(test[1], columns)
+    if not keep.any():
+        return False, "the test split has no image of the active version's classes"
+    truth = np.array([old.index(classes[label]) for label in test[1][keep]])
+    candidate = _accuracy(np.argmax(probabilities[keep][:, columns], 1), truth)
+    current = _accuracy(np.argmax(saved.predict(test[0][keep], verbose=0), 1), truth)
+    scope = f"on the {int(keep.sum())} test images of active version {active.version}'s classes"
+    if candidate >= current - margin:
+        return True, (
+            f"adds classes {sorted(set(classes) - set(old))}; accuracy {candidate:.3f} vs "
+            f"active version {active.version}'s {current:.3f} {scope} (margin {margin:g})"
+        )
+    return False, (
+        f"adds classes {sorted(set(classes) - set(old))}, but accuracy {candidate:.3f} < "
+        f"active version {active.version}'s {current:.3f} - {margin:g} {scope}; "
+        "kept as a candidate"
+    )
+
+
 def _compare_with_active(
     registry: ModelRegistry,
     request: FinetuneRequest,
     classes: list[str],
     test: tuple[NDArray[np.uint8], NDArray[np.int32]],
-    accuracy: float,
+    probabilities: NDArray[np.float32],
 ) -> tuple[bool, str]:
-    """Whether the new version should become active, and why."""
+    """Whether the new version should become active, and why (see the module docstring)."""
     try:
         active = registry.get(request.model)
     except ImgqError:
         return True, "the model had no active version"
-    if active.labels != classes:
+    adds_classes = isinstance(active.labels, list) and set(classes) > set(active.labels)
+    if active.labels != classes and not adds_classes:
         return False, (
             f"classes differ from active version {active.version}; activate it explicitly to switch"
         )
@@ -134,7 +186,12 @@ def _compare_with_active(
     )
     if saved.input_shape[1:3] != test[0].shape[1:3]:
         return False, f"active version {active.version} takes another image size"
-    active_accuracy = float(np.mean(np.argmax(saved.predict(test[0], verbose=0), 1) == test[1]))
+    if adds_classes:
+        return _compare_on_old_classes(
+            active, saved, classes, test, probabilities, margin=request.activation_margin
+        )
+    accuracy = _accuracy(np.argmax(probabilities, 1), test[1])
+    active_accuracy = _accuracy(np.argmax(saved.predict(test[0], verbose=0), 1), test[1])
     if accuracy >= active_accuracy:
         return True, (
             f"test accuracy {accuracy:.3f} >= active version {active.version}'s "
@@ -165,88 +222,111 @@ def _keep_samples(
     np.savez_compressed(staged / TEST_SPLIT_FILE, images=test[0], labels=test[1])
 
 
+def _dataset_version(
+    request: FinetuneRequest, datasets: DatasetStore, scratch: Path
+) -> tuple[DatasetVersion, dict[str, Any] | None]:
+    """The dataset version to train on, stored from the upload first if there is one."""
+    if request.ingest is None:
+        return datasets.get(request.dataset, request.dataset_version), None
+    ingested = ingest_archive(datasets, request.ingest, scratch)
+    return datasets.get(request.dataset, ingested["version"]), ingested
+
+
 def run_finetune(
-    request: FinetuneRequest, registry: ModelRegistry, hooks: TrainingHooks, scratch: Path
+    request: FinetuneRequest,
+    registry: ModelRegistry,
+    datasets: DatasetStore,
+    hooks: TrainingHooks,
+    scratch: Path,
 ) -> dict[str, Any]:
     """Run the whole job and return its result document (the new version and why).
 
     Raises:
-        ImgqError: bad archive or dataset, unknown base; nothing is published.
+        ImgqError: bad archive or dataset, unknown base or dataset; no model version is
+            published (a dataset version stored from the upload stays).
         TrainingCanceled: canceled between batches; nothing is published.
     """
     backbone, backbone_name = resolve_backbone(request, registry)
     image_size = int(backbone.input_shape[1])
-    work = Path(tempfile.mkdtemp(prefix="finetune-", dir=scratch))
-    try:
-        splits = load_splits(request, work / "data", image_size)
-        classes = list(splits.layout.classes)
-        fingerprint = dataset_fingerprint(work / "data", splits.layout)
-        outcome = train_classifier(
-            backbone,
-            len(classes),
-            splits.arrays["train"],
-            splits.arrays["validation"],
-            config=request.config,
-            hooks=hooks,
-        )
-        images, labels = splits.arrays["test"]
-        report = evaluate_predictions(outcome.model.predict(images, verbose=0), labels, classes)
-        activate, reason = _compare_with_active(
-            registry, request, classes, (images, labels), report["accuracy"]
-        )
-        staged = staging_dir(registry, request.model)
-        outcome.model.save(staged / "model.keras")
-        _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
-        (staged / "evaluation.json").write_text(json.dumps(report, indent=2))
-        plot_training_curves(
-            outcome.history, staged / "training_curves.png", outcome.phase_boundary
-        )
-        plot_confusion_matrix(report["confusion_matrix"], classes, staged / "confusion_matrix.png")
-        training = {
-            "base": request.base,
-            "params": asdict(request.config),
-            "dataset_fingerprint": fingerprint,
-            "split_sizes": {k: len(v) for k, v in splits.layout.splits.items()},
-            "split_given": splits.layout.split_given,
-            "skipped_images": splits.skipped,
-            "history": outcome.history,
-            "phase_seconds": outcome.phase_seconds,
-        }
-        metrics = {
-            k: report[k]
-            for k in ("accuracy", "top_k_accuracy", "top_k", "macro_avg", "weighted_avg")
-        }
-        version = publish_version(
-            registry,
+    dataset, ingested = _dataset_version(request, datasets, scratch)
+    splits = load_version_splits(datasets, dataset, request, image_size)
+    classes = list(splits.layout.classes)
+    outcome = train_classifier(
+        backbone,
+        len(classes),
+        splits.arrays["train"],
+        splits.arrays["validation"],
+        config=request.config,
+        hooks=hooks,
+    )
+    images, labels = splits.arrays["test"]
+    probabilities = outcome.model.predict(images, verbose=0)
+    report = evaluate_predictions(probabilities, labels, classes)
+    activate, reason = _compare_with_active(
+        registry, request, classes, (images, labels), probabilities
+    )
+    staged = staging_dir(registry, request.model)
+    outcome.model.save(staged / "model.keras")
+    _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
+    (staged / "evaluation.json").write_text(json.dumps(report, indent=2))
+    plot_training_curves(outcome.history, staged / "training_curves.png", outcome.phase_boundary)
+    plot_confusion_matrix(report["confusion_matrix"], classes, staged / "confusion_matrix.png")
+    dataset_record = {
+        "name": split_model_id(dataset.dataset)[1],
+        "version": dataset.version,
+        "fingerprint": dataset.fingerprint,
+    }
+    training = {
+        "base": request.base,
+        "params": asdict(request.config),
+        "dataset": dataset_record,
+        "dataset_fingerprint": dataset.fingerprint,
+        "split_sizes": {k: len(v) for k, v in splits.layout.splits.items()},
+        "split_given": splits.layout.split_given,
+        "skipped_images": (ingested or {}).get("skipped_images", []) + splits.skipped,
+        "history": outcome.history,
+        "phase_seconds": outcome.phase_seconds,
+    }
+    metrics = {
+        k: report[k] for k in ("accuracy", "top_k_accuracy", "top_k", "macro_avg", "weighted_avg")
+    }
+    version = publish_version(
+        registry,
+        request.model,
+        staged,
+        lambda number: ModelVersion(
             request.model,
-            staged,
-            lambda number: ModelVersion(
-                request.model,
-                number,
-                "trained",
-                backbone_name,
-                image_size,
-                classes,
-                time.time(),
-                metrics,
-                training,
-                list(ARTIFACTS),
-            ),
-        )
-        if activate:
-            registry.activate(request.model, version.version)
-        logger.info(
-            "published",
-            extra={"model": request.model, "version": version.version, "activated": activate},
-        )
-        return {
-            "model": request.model,
-            "version": version.version,
-            "activated": activate,
-            "activation_reason": reason,
-            "metrics": report,
-            "skipped_images": splits.skipped,
-            "artifacts": list(ARTIFACTS),
-        }
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            number,
+            "trained",
+            backbone_name,
+            image_size,
+            classes,
+            time.time(),
+            metrics,
+            training,
+            list(ARTIFACTS),
+        ),
+    )
+    if activate:
+        registry.activate(request.model, version.version)
+    logger.info(
+        "published",
+        extra={"model": request.model, "version": version.version, "activated": activate},
+    )
+    return {
+        "model": request.model,
+        "version": version.version,
+        "activated": activate,
+        "activation_reason": reason,
+        "metrics": report,
+        "dataset": {**dataset_record, **_ingest_counts(ingested, dataset)},
+        "skipped_images": training["skipped_images"],
+        "artifacts": list(ARTIFACTS),
+    }
+
+
+def _ingest_counts(ingested: dict[str, Any] | None, dataset: DatasetVersion) -> dict[str, Any]:
+    """The version's sizes, and what storing the upload did (nothing without an upload)."""
+    keys = ("added", "duplicated", "relabelled", "removed", "skipped")
+    counts = {key: (ingested or {}).get(key, 0) for key in keys}
+    return {"images": len(dataset.images), "classes": dataset.classes, **counts}

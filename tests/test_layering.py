@@ -170,7 +170,7 @@ def test_each_worker_kind_loads_only_its_own_tasks_and_no_tensorflow() -> None:
     ).stdout
     assert output.strip() == (
         "{'predict': ['imgq.explain', 'imgq.predict_image'], "
-        "'train': ['imgq.train.export', 'imgq.train.finetune'], "
+        "'train': ['imgq.train.export', 'imgq.train.finetune', 'imgq.train.ingest'], "
         "'webhooks': ['imgq.webhooks.deliver']} "
         "{'predict': True, 'train': False, 'webhooks': False} False"
     )

@@ -5,7 +5,7 @@
   prediction worker only answers ``celery inspect ping`` and consumes once it can serve at full
   speed, which is what the readiness probe needs.
 * ``Housekeeping`` (webhooks workers): a thread that hands due webhooks to delivery tasks and
-  runs the reaper.
+  runs the reaper, and one that sweeps datasets (``workers.dataset_sweep``).
 
 Both read the worker's context from ``worker.app``.
 """
@@ -23,6 +23,7 @@ from kombu.exceptions import OperationalError
 
 from imgq.queueing import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from workers.context import context_of
+from workers.dataset_sweep import start_sweeping
 from workers.metrics import serve_metrics
 from workers.reaper import reap
 
@@ -75,6 +76,7 @@ class Housekeeping(bootsteps.StartStopStep):
         threading.Thread(
             target=self._run, args=(worker.app,), name="housekeeping", daemon=True
         ).start()
+        start_sweeping(context_of(worker.app), self._stop)
 
     def stop(self, worker: Any) -> None:
         """Stop; deliveries leased but unsent come back when their lease ends."""

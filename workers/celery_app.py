@@ -28,7 +28,7 @@ from workers.context import WorkerApp, WorkerContext
 
 TASK_MODULES = {
     WorkerKind.PREDICT: ("workers.predict", "workers.explain"),
-    WorkerKind.TRAIN: ("workers.train", "workers.export"),
+    WorkerKind.TRAIN: ("workers.train", "workers.export", "workers.ingest"),
     WorkerKind.WEBHOOKS: ("workers.webhook_delivery",),
 }
 """The modules whose ``register_tasks(app)`` each kind of worker calls."""

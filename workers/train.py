@@ -28,7 +28,8 @@ from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_eve
 from imgq.queueing import FINETUNE_TASK
 from ml.registry import ModelRegistry, split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
-from workers.long_jobs import claim_long_job, run_watched
+from workers.ingest import dataset_store, ingest_request
+from workers.long_jobs import LongJob, claim_long_job, run_watched
 from workers.metrics import FINETUNE_SECONDS, serve_metrics
 from workers.outcomes import cancel_running_job, succeed_job
 
@@ -63,12 +64,10 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
     job = claim_long_job(context, JobType.FINETUNE, job_id)
     if job is None:
         return
-    archive = Path(job.params.pop("archive"))
+    archive = Path(job.params["archive"]) if job.params.get("archive") else None
     started = time.monotonic()
     try:
-        ok, result = run_watched(
-            job, lambda: _train(context, job_id, job.params, archive), TrainingFailed()
-        )
+        ok, result = run_watched(job, lambda: _train(context, job, archive), TrainingFailed())
         if not ok:
             return
         if result is None:
@@ -84,7 +83,8 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
             if result["activated"]:
                 announce_activation(context.redis, model)
     finally:
-        archive.unlink(missing_ok=True)
+        if archive is not None:
+            archive.unlink(missing_ok=True)
 
 
 def _registry(context: WorkerContext) -> ModelRegistry:
@@ -114,42 +114,46 @@ def _log_publication(
         logger.warning("could not log the publication: %s", exc, extra={"job_id": job_id})
 
 
-def _train(
-    context: WorkerContext, job_id: str, params: dict[str, Any], archive: Path
-) -> dict[str, Any] | None:
+TRAIN_PARAMETERS = frozenset(
+    {"model", "base", "image_size", "archive", "dataset", "dataset_version", "data_mode", "owner"}
+)
+"""Job parameters that are not ``TrainConfig`` fields."""
+
+
+def _train(context: WorkerContext, job: LongJob, archive: Path | None) -> dict[str, Any] | None:
     """Train in this (forked) process; TensorFlow is imported here, never in the parent."""
-    from ml.archive import ArchiveLimits
     from ml.backbones import WeightSources
     from ml.finetune import FinetuneRequest, run_finetune
     from ml.train import TrainConfig, TrainingCanceled, configure_accelerators
 
     settings = context.settings
+    params = job.params
     configure_accelerators()
+    version = params.get("dataset_version")
     request = FinetuneRequest(
-        model=params.pop("model"),
-        base=params.pop("base"),
-        image_size=params.pop("image_size"),
-        config=TrainConfig(**params),
-        archive=archive,
+        model=params["model"],
+        base=params["base"],
+        image_size=params["image_size"],
+        config=TrainConfig(**{k: v for k, v in params.items() if k not in TRAIN_PARAMETERS}),
+        dataset=params["dataset"],
+        dataset_version=None if version is None else int(version),
+        ingest=None if archive is None else ingest_request(context, job, archive),
         min_images_per_class=settings.min_images_per_class,
-        archive_limits=ArchiveLimits(
-            settings.max_dataset_entries,
-            settings.max_dataset_unpacked_bytes,
-            settings.max_dataset_ratio,
-        ),
         image_limits=context.image_limits,
         sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
+        activation_margin=settings.activation_margin,
     )
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     try:
         return run_finetune(
             request,
             _registry(context),
-            RedisHooks(context, job_id),
+            dataset_store(context),
+            RedisHooks(context, job.job_id),
             settings.upload_dir,
         )
     except TrainingCanceled:
-        logger.info("fine-tune canceled", extra={"job_id": job_id})
+        logger.info("fine-tune canceled", extra={"job_id": job.job_id})
         return None
 
 

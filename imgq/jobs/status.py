@@ -34,6 +34,7 @@ class JobType(StrEnum):
     PREDICT = "predict"
     FINETUNE = "finetune"
     EXPORT = "export"
+    INGEST = "ingest"
 
 
 class CancelOutcome(StrEnum):
