@@ -208,9 +208,10 @@ def get_image(name: str, image: str) -> Response:
     """An image of the dataset, as uploaded (cacheable: its address is its hash)."""
     store = services().datasets
     dataset = existing_dataset(name)
-    if image not in store.known_splits(dataset):
-        raise _no_image(name, image)
-    image_bytes = store.read_image(dataset, image)
+    try:
+        image_bytes = store.read_image(dataset, image)
+    except ImageNotFound:
+        raise _no_image(name, image) from None
     return send_file(io.BytesIO(image_bytes), mimetype=_mimetype(image_bytes), max_age=86400)
 
 

@@ -122,7 +122,8 @@ class JobSchema(Schema):
         allow_none=True,
         metadata={
             "description": "predict: `{model, version, predictions}` (one top-k list per image);"
-            " fine-tune: the new version, its metrics and artifacts; export: the report."
+            " fine-tune: the new version, its metrics, dataset version and artifacts; export:"
+            " the report; ingest: the new dataset version and what the upload added."
         },
     )
     webhook = fields.Raw(

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from imgq.client.cli import main
 from imgq.local.supervisor import REPO, Service
 from tests.support.datasets import make_dataset_zip
-from tests.support.http import credentials
+from tests.support.http import credentials, http, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -87,3 +88,64 @@ def test_finetune_uploads_a_folder_and_follows_training(
     assert "upload" in run.stderr and "fine_tune" in run.stderr  # the progress bars
     models = imgq(api_server, "models")
     assert "cli-pets" in models.stdout
+
+
+def test_datasets_and_dataset_show_an_ingested_dataset_as_tables_and_as_json(
+    api_server: str, train_worker: Service, tmp_path: Path
+) -> None:
+    sent = http.post(
+        f"{api_server}/datasets/clidata/versions",
+        data={"data_mode": "replace"},
+        files={"dataset": ("clidata.zip", make_dataset_zip(per_class=6), "application/zip")},
+    )
+    assert sent.status_code == 202, sent.text
+    ingest = wait_for_job(api_server, sent.json()["id"], timeout_s=120)
+    assert ingest["type"] == "ingest" and ingest["status"] == "succeeded", ingest
+    table = imgq(api_server, "datasets")
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("clidata "))
+    assert row[2:5] == ["1", "18", "3"]  # version, images, classes
+    listed = json.loads(imgq(api_server, "--json", "datasets").stdout)
+    item = next(d for d in listed if d["name"] == "clidata")
+    assert (item["version"], item["images"], item["classes"]) == (1, 18, 3)
+    shown = imgq(api_server, "dataset", "clidata")
+    assert shown.returncode == 0, shown.stderr
+    assert "dataset clidata" in shown.stdout and "v1: 18 images" in shown.stdout
+    for label in ("cat", "coffee", "rocket"):
+        assert any(line.split()[0] == label for line in shown.stdout.splitlines() if line)
+    document = json.loads(imgq(api_server, "--json", "dataset", "clidata").stdout)
+    (version,) = document["versions"]
+    assert version["version"] == 1 and version["images"] == 18
+    assert sorted(version["classes"]) == ["cat", "coffee", "rocket"]
+    assert version["fingerprint"][:12] in shown.stdout
+    # A fine-tune on a stored version posts a multipart form without a file: the server reads
+    # it (and answers that the version does not exist) rather than refusing the request's type.
+    missing = imgq(api_server, "finetune", "--model", "cli-ds", "--dataset-version", "clidata:9")
+    assert missing.returncode == 1 and "dataset_version_not_found" in missing.stderr
+    # Two images of a new class appended to clidata: judged with its classes (replacing, the
+    # server would say a classifier needs two classes), so --append and --dataset-name went.
+    with zipfile.ZipFile(BytesIO(make_dataset_zip(per_class=2, seed=3))) as archive:
+        archive.extractall(tmp_path / "more", [n for n in archive.namelist() if "cat/" in n])
+    (tmp_path / "more" / "cat").rename(tmp_path / "more" / "dog")
+    appended = imgq(
+        api_server,
+        "finetune",
+        str(tmp_path / "more"),
+        "--model",
+        "cli-ds",
+        "--dataset-name",
+        "clidata",
+        "--append",
+    )
+    assert appended.returncode == 1 and "With the upload" in appended.stderr, appended.stderr
+    unknown = imgq(api_server, "dataset", "nope")
+    assert unknown.returncode == 1 and "dataset_not_found" in unknown.stderr
+
+
+def test_finetune_without_a_folder_or_a_stored_dataset_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--key", "k", "finetune", "--model", "cli-pets"])
+    assert exited.value.code == 2
+    assert "FOLDER, --dataset-version or --dataset-name" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,9 @@ def cmd_predict(client: ImgqClient, args: argparse.Namespace) -> Any:
 
 
 def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
-    """Zip the folder, upload it with a progress bar, then follow training as a progress bar."""
-    archive = zip_dataset(Path(args.dataset))
+    """Zip the folder and upload it with a progress bar (or name a stored dataset), then follow
+    training as a progress bar."""
+    archive = zip_dataset(Path(args.dataset)) if args.dataset is not None else None
     fields = {
         "model": args.model,
         "base": args.base,
@@ -72,12 +74,28 @@ def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "augment": args.augment,
         "seed": args.seed,
+        "dataset_name": args.dataset_name,
+        "data_mode": args.data_mode,
+        "dataset_version": args.dataset_version,
     }
     quiet = args.json
-    with tqdm(
-        total=len(archive), unit="B", unit_scale=True, desc="upload", disable=quiet, file=sys.stderr
-    ) as upload:
-        job = client.finetune(archive, fields, lambda done, total: upload.update(done - upload.n))
+    if archive is None:
+        job = client.finetune(None, fields)
+    else:
+        with tqdm(
+            total=len(archive),
+            unit="B",
+            unit_scale=True,
+            desc="upload",
+            disable=quiet,
+            file=sys.stderr,
+        ) as upload:
+
+            def sent(done: int, total: int) -> None:
+                upload.total = total  # the body: the archive and the multipart framing
+                upload.update(done - upload.n)
+
+            job = client.finetune(archive, fields, sent)
     if not args.wait:
         return job
     with tqdm(total=1, unit="epoch", desc="queued", disable=quiet, file=sys.stderr) as bar:
@@ -147,6 +165,67 @@ def cmd_models(client: ImgqClient, args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_datasets(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """List your stored datasets with their latest version's size."""
+    datasets = client.datasets()
+    if args.json:
+        return datasets
+    rows = [
+        [
+            d["name"],
+            d["owner"],
+            d["version"],
+            d["images"],
+            d["classes"],
+            d["storage_bytes"],
+            d["owner_storage_bytes"],
+        ]
+        for d in datasets
+    ]
+    _table(rows, ["dataset", "owner", "version", "images", "classes", "bytes", "owner bytes"])
+    return None
+
+
+def _created(unix_time: float) -> str:
+    """A version's creation time as people read it (UTC, to the second)."""
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_dataset(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Show a dataset's versions, then the images of each class and split in its latest."""
+    dataset = client.dataset(args.name)
+    if args.json:
+        return dataset
+    versions = dataset["versions"]
+    print(f"dataset {dataset['name']} of {dataset['owner']}: {dataset['storage_bytes']} bytes")
+    rows = [
+        [
+            v["version"],
+            v["source"],
+            "" if v.get("parent") is None else v["parent"],
+            v["images"],
+            len(v["classes"]),
+            _created(v["created_at"]),
+            v["fingerprint"][:12],
+        ]
+        for v in versions
+    ]
+    _table(rows, ["version", "source", "parent", "images", "classes", "created", "fingerprint"])
+    if not versions:
+        return None
+    latest = max(versions, key=lambda v: v["version"])
+    print(f"\nv{latest['version']}: {latest['images']} images")
+    splits = ["train", "validation", "test"]
+    _table(
+        [
+            [label, *[counts[split] for split in splits]]
+            for label, counts in sorted(latest["classes"].items())
+        ],
+        ["class", *splits],
+    )
+    return None
+
+
 def cmd_activate(client: ImgqClient, args: argparse.Namespace) -> Any:
     """Make a version the active one."""
     model = client.activate(args.name, args.version)
@@ -193,9 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int)
     predict.add_argument("--wait", action="store_true", help="wait and show the labels")
     predict.set_defaults(run=cmd_predict)
-    finetune = commands.add_parser("finetune", help="train a new version from a folder")
-    finetune.add_argument("dataset", help="folder of class sub-folders of images")
+    finetune = commands.add_parser(
+        "finetune", help="train a new version from a folder or a stored dataset"
+    )
+    finetune.add_argument(
+        "dataset", nargs="?", metavar="FOLDER", help="folder of class sub-folders of images"
+    )
     finetune.add_argument("--model", required=True)
+    finetune.add_argument(
+        "--dataset-name", help="the dataset the upload is stored in; without FOLDER, its latest"
+    )
+    finetune.add_argument(
+        "--append",
+        dest="data_mode",
+        action="store_const",
+        const="append",
+        help="add the upload to the dataset's latest version instead of replacing its images",
+    )
+    finetune.add_argument(
+        "--dataset-version", help="NAME:VERSION of a stored dataset to train on (no FOLDER)"
+    )
     finetune.add_argument("--base", default="efficientnet_lite0")
     for flag, kind in (
         ("--image-size", int),
@@ -217,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("id")
     job.set_defaults(run=cmd_job)
     commands.add_parser("models", help="list models").set_defaults(run=cmd_models)
+    commands.add_parser("datasets", help="list your datasets").set_defaults(run=cmd_datasets)
+    dataset = commands.add_parser("dataset", help="show a dataset's versions and classes")
+    dataset.add_argument("name")
+    dataset.set_defaults(run=cmd_dataset)
     activate = commands.add_parser("activate", help="activate a version of your model")
     activate.add_argument("name")
     activate.add_argument("version", type=int)
@@ -234,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status is 0 on success, 1 on any error."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "finetune" and not any(
+        (args.dataset, args.dataset_version, args.dataset_name)
+    ):
+        parser.error("finetune: give a FOLDER, --dataset-version or --dataset-name")
     if not args.key:
         print("imgq: no API key: pass --key or set IMGQ_KEY", file=sys.stderr)
         return 2

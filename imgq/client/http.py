@@ -59,12 +59,21 @@ class ImgqClient:
         return dict(self._call("POST", "/jobs/predict", files=parts, data=form))
 
     def finetune(
-        self, archive: bytes, fields: dict[str, Any], progress: Callable[[int, int], None]
+        self,
+        archive: bytes | None,
+        fields: dict[str, Any],
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        """Upload a zipped dataset as a fine-tune job, reporting upload progress."""
-        form = {k: str(v) for k, v in fields.items() if v is not None}
-        encoder = MultipartEncoder({**form, "dataset": ("dataset.zip", archive, "application/zip")})
-        monitor = MultipartEncoderMonitor(encoder, lambda m: progress(m.bytes_read, encoder.len))
+        """Queue a fine-tune job on an uploaded zipped dataset, reporting upload progress, or
+        (``archive`` None) on the stored dataset ``fields`` name by ``dataset_name`` or
+        ``dataset_version``: the form is then multipart still, with no ``dataset`` part."""
+        form: dict[str, Any] = {k: str(v) for k, v in fields.items() if v is not None}
+        if archive is not None:
+            form["dataset"] = ("dataset.zip", archive, "application/zip")
+        encoder = MultipartEncoder(form)
+        monitor = MultipartEncoderMonitor(
+            encoder, lambda m: progress(m.bytes_read, encoder.len) if progress else None
+        )
         return dict(
             self._call(
                 "POST",
@@ -99,6 +108,14 @@ class ImgqClient:
     def models(self) -> list[dict[str, Any]]:
         """Every model and its versions."""
         return list(self._call("GET", "/models"))
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The caller's stored datasets, each with its latest version's size."""
+        return list(self._call("GET", "/datasets"))
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        """One stored dataset with every version's sizes per class and split."""
+        return dict(self._call("GET", f"/datasets/{name}"))
 
     def request_export(self, name: str, version: int, fmt: str) -> dict[str, Any]:
         """Queue an export job."""
