@@ -16,7 +16,7 @@ from flask import request
 
 from api.services import services
 from imgq.errors import DatasetLimitExceeded, InvalidDataset, InvalidRequest
-from ml.archive import ArchiveLimits, list_archive
+from ml.archive import ArchiveLimits, hash_files, list_archive
 from ml.dataset_ingest import DataMode
 from ml.datasets import labelled_files, layout_from_paths
 
@@ -59,30 +59,31 @@ def check_upload(archive: Path, dataset: str, mode: DataMode, seed: int) -> None
 
     A replacement must be a whole dataset by itself, as a fine-tune's upload always was. An
     addition is judged with the latest version: classes and their sizes together (the splits
-    are only known once the worker has hashed the images), and the dataset's limits.
+    are only known once the worker has hashed the images). The dataset's limits are judged
+    on the version the upload would make: an upload that may pass one (counting every file as
+    new) has its files hashed here, so that images the dataset holds already count once.
 
     Raises:
         InvalidArchive, ArchiveTooLarge, InvalidDataset, DatasetLimitExceeded.
     """
     settings = services().settings
-    datasets = services().datasets
     limits = ArchiveLimits(
         settings.max_dataset_entries,
         settings.max_dataset_unpacked_bytes,
         settings.max_dataset_ratio,
     )
     paths = list_archive(archive, limits)
-    latest = datasets.latest(dataset) if mode is DataMode.APPEND else None
+    latest = services().datasets.latest(dataset) if mode is DataMode.APPEND else None
     if latest is None:
         layout_from_paths(paths, settings.min_images_per_class, seed)
-        counts: Counter[str] = Counter()
-    else:
-        counts = Counter(label for label, _ in latest.images.values())
     listing = labelled_files(paths)
-    upload = Counter(name for _, name, _ in listing.images)
-    _check_limits(dataset, sum(counts.values()) + upload.total(), archive)
     if latest is not None:
-        _check_union(counts + upload, settings.min_images_per_class)
+        counts = Counter(label for label, _ in latest.images.values())
+        _check_union(
+            counts + Counter(name for _, name, _ in listing.images), settings.min_images_per_class
+        )
+    kept = set(latest.images) if latest is not None else set()
+    _check_limits(dataset, kept, {path for path, _, _ in listing.images}, archive, limits)
 
 
 def _check_union(counts: Counter[str], minimum: int) -> None:
@@ -95,21 +96,33 @@ def _check_union(counts: Counter[str], minimum: int) -> None:
         )
 
 
-def _check_limits(dataset: str, images: int, archive: Path) -> None:
+def _check_limits(
+    dataset: str, kept: set[str], images: set[str], archive: Path, limits: ArchiveLimits
+) -> None:
+    """The version's image count and the dataset's bytes against their limits.
+
+    ``kept`` are the hashes the version keeps from the latest one; ``images`` the upload's
+    image files. The bound that counts every file as new is free; only when it fails are the
+    files hashed for the exact figures.
+    """
     settings = services().settings
-    if images > settings.max_dataset_images:
-        raise DatasetLimitExceeded(
-            f"The dataset would hold {images} images; the limit is {settings.max_dataset_images}.",
-            {"images": images, "limit": settings.max_dataset_images},
+    store = services().datasets
+    stored = store.storage_bytes(dataset)
+    count, new_bytes = len(kept) + len(images), archive.stat().st_size
+    if count > settings.max_dataset_images or stored + new_bytes > settings.max_dataset_store_bytes:
+        sizes = dict(hash_files(archive, images, limits).values())  # hash -> bytes
+        count = len(kept | set(sizes))
+        new_bytes = sum(
+            size for image, size in sizes.items() if not store.has_image(dataset, image)
         )
-    stored = services().datasets.storage_bytes(dataset)
-    if stored + archive.stat().st_size > settings.max_dataset_store_bytes:
+    if count > settings.max_dataset_images:
+        raise DatasetLimitExceeded(
+            f"The dataset would hold {count} images; the limit is {settings.max_dataset_images}.",
+            {"images": count, "limit": settings.max_dataset_images},
+        )
+    if stored + new_bytes > settings.max_dataset_store_bytes:
         raise DatasetLimitExceeded(
             f"The dataset takes {stored} bytes on the store; with this upload it would pass "
             f"the limit of {settings.max_dataset_store_bytes}.",
-            {
-                "bytes": stored,
-                "upload_bytes": archive.stat().st_size,
-                "limit": settings.max_dataset_store_bytes,
-            },
+            {"bytes": stored, "upload_bytes": new_bytes, "limit": settings.max_dataset_store_bytes},
         )

@@ -15,6 +15,7 @@ are checked like the rest but neither listed nor extracted.
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 import re
 import stat
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 from ml.errors import ArchiveTooLarge, InvalidArchive
 
@@ -310,3 +311,43 @@ def extract_archive(path: Path, dest: Path, limits: ArchiveLimits) -> list[Path]
             target.unlink(missing_ok=True)
         raise
     return sorted(dest / target.relative_to(root) for target in written)
+
+
+class _Digest:
+    """A write-only stream that hashes what ``_copy`` writes to it, and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> int:
+        self.sha256.update(chunk)
+        return len(chunk)
+
+
+def hash_files(path: Path, names: set[str], limits: ArchiveLimits) -> dict[str, tuple[str, int]]:
+    """The SHA-256 and size of some of an archive's files, read without writing anything.
+
+    Lets the API tell an upload's images that a dataset already holds from new ones when a
+    limit depends on it, before any job exists.
+
+    Args:
+        path: the archive (already checked by ``list_archive``).
+        names: the files to hash, as ``list_archive`` names them.
+        limits: the same bounds as for extraction.
+
+    Returns:
+        File name -> (hex SHA-256, bytes), for each of ``names`` in the archive.
+
+    Raises:
+        InvalidArchive, ArchiveTooLarge: as ``extract_archive``.
+    """
+    digests: dict[str, tuple[str, int]] = {}
+    budget = limits.max_total_bytes
+    with _open_archive(path) as archive:
+        for member in _members(archive):
+            if member.is_file and member.name in names and member.name not in digests:
+                digest = _Digest()
+                size = _copy(member, cast("BinaryIO", digest), budget)
+                budget -= size
+                digests[member.name] = (digest.sha256.hexdigest(), size)
+    return digests

@@ -2,15 +2,16 @@
 
 ``make_dataset_zip`` builds a learnable dataset from scikit-image's sample photos: random
 crops, flips and colour shifts of a cat, a coffee cup and a rocket, at a small size so training
-takes seconds. ``zip_archive`` and ``zip_with_symlink`` build archives of any content, for the
-refusals.
+takes seconds. ``class_entries`` does the same for any classes (``MORE_PHOTOS`` has two more,
+for datasets that grow), as archive entries a test can mix and zip with ``zip_archive``.
+``zip_archive`` and ``zip_with_symlink`` build archives of any content, for the refusals.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,9 @@ from tests.support.images import encode_image
 
 PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
 """The classes of ``make_dataset_zip``, each with the sample photo its images are cut from."""
+MORE_PHOTOS = {"astronaut": data.astronaut, "cells": data.immunohistochemistry}
+"""Two more classes, unlike the three above and each other (both photos ship with
+scikit-image, so they load offline)."""
 
 FINETUNE_FORM = {
     "image_size": "64",
@@ -65,6 +69,33 @@ def make_dataset_zip(per_class: int = 14, seed: int = 0) -> bytes:
             for index, jpeg in enumerate(_variants(photo(), per_class, rng)):
                 archive.writestr(f"{name}/{index:03d}.jpg", jpeg)
     return buffer.getvalue()
+
+
+def _rgb(photo: np.ndarray) -> np.ndarray:
+    """An RGB array of a grayscale or RGB photo."""
+    return np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo
+
+
+def class_entries(
+    classes: Mapping[str, Callable[[], np.ndarray]], per_class: int, seed: int = 0
+) -> dict[str, bytes]:
+    """Archive entries ``<class>/<index>.jpg`` of crops like ``make_dataset_zip``'s, of any photos.
+
+    Args:
+        classes: class name -> a function returning its photo (RGB or grayscale), such as
+            ``PHOTOS`` or ``MORE_PHOTOS`` or both merged.
+        per_class: images of each class.
+        seed: seeds the crops; the same seed gives the same bytes.
+
+    Returns:
+        Entry name -> JPEG bytes, for ``zip_archive`` (mix in other entries first if needed).
+    """
+    rng = np.random.default_rng(seed)
+    return {
+        f"{name}/{index:03d}.jpg": jpeg
+        for name, photo in classes.items()
+        for index, jpeg in enumerate(_variants(_rgb(photo()), per_class, rng))
+    }
 
 
 def cat_image() -> bytes:
