@@ -7,7 +7,18 @@ import time
 import redis
 from flask import Flask
 
-from api import datasets, exports, finetune, health, jobs, metrics, models, predict
+from api import (
+    datasets,
+    exports,
+    feedback,
+    finetune,
+    health,
+    jobs,
+    metrics,
+    models,
+    monitoring,
+    predict,
+)
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
 from api.services import Services
@@ -87,7 +98,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         predict.blp,
         finetune.blp,
         jobs.blp,
+        feedback.blp,
         models.blp,
+        monitoring.blp,
         exports.blp,
         datasets.blp,
     ):

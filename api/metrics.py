@@ -27,8 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.services import services
+from imgq.monitoring import MonitorLog
 from imgq.queueing import PREDICT_QUEUE, TRAIN_QUEUE, WEBHOOKS_QUEUE
 from imgq.redis_keys import KOMBU_UNACKED, REDUNDANT_RESULTS, RESENT_IMAGES
+from ml.registry import split_model_id
 
 JOBS_SUBMITTED = Counter("imgq_jobs_submitted_total", "Jobs accepted (202).", ["type"])
 REQUESTS_REJECTED = Counter(
@@ -82,6 +84,55 @@ class QueueDepthCollector(Collector):
         )
 
 
+class MonitoringCollector(Collector):
+    """Feedback, online accuracy and drift of every monitored version, read from Redis when
+    scraped (the drift figures are those of the latest periodic check, ``workers.drift_check``)."""
+
+    def __init__(self, log: MonitorLog) -> None:
+        self._log = log
+
+    def collect(self) -> Iterator[Metric]:
+        """Samples per ``(owner, model, version)``; nothing when Redis is unreachable."""
+        labels = ["owner", "model", "version"]
+        feedback = CounterMetricFamily(
+            "imgq_feedback_total",
+            "Images that received a true label (the first one each), by outcome.",
+            labels=[*labels, "outcome"],
+        )
+        accuracy = GaugeMetricFamily(
+            "imgq_online_accuracy",
+            "Accuracy of the drift-check window's predictions that received feedback.",
+            labels=labels,
+        )
+        p_values = GaugeMetricFamily(
+            "imgq_drift_p_value",
+            "p-value of each drift test (classes: chi-square, confidence: Kolmogorov-Smirnov).",
+            labels=[*labels, "test"],
+        )
+        detected = GaugeMetricFamily(
+            "imgq_drift_detected", "1 while the version's predictions have drifted.", labels=labels
+        )
+        try:
+            for model, version in self._log.versions():
+                owner, name = split_model_id(model)
+                values = [str(owner), name, str(version)]
+                for outcome, count in self._log.feedback_totals(model, version).items():
+                    feedback.add_metric([*values, outcome], count)
+                report = self._log.report(model, version)
+                if report is None:
+                    continue
+                if report["feedback"]["accuracy"] is not None:
+                    accuracy.add_metric(values, report["feedback"]["accuracy"])
+                for test in ("classes", "confidence"):
+                    if report[test]["p_value"] is not None:
+                        p_values.add_metric([*values, test], report[test]["p_value"])
+                if report["drifted"] is not None:
+                    detected.add_metric(values, float(report["drifted"]))
+        except redis.RedisError:
+            return
+        yield from (feedback, accuracy, p_values, detected)
+
+
 @blp.route("/metrics")
 def metrics() -> Response:
     """Prometheus text format: counters summed over gunicorn's processes, then queue depths."""
@@ -91,5 +142,8 @@ def metrics() -> Response:
         multiprocess.MultiProcessCollector(counters)
     queues = CollectorRegistry()
     queues.register(QueueDepthCollector(services().broker))
+    queues.register(
+        MonitoringCollector(MonitorLog(services().redis, services().settings.job_ttl_s))
+    )
     body = generate_latest(counters) + generate_latest(queues)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

@@ -142,6 +142,7 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
     registry = services().registry
     owner, name = split_model_id(model)
     active = registry.active_version(model)
+    model_settings = registry.model_settings(model)
     versions = []
     for number in registry.versions(model):
         version = {**registry.get(model, number).to_dict(), "name": name}
@@ -157,5 +158,7 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
         "shared": registry.is_shared(model),
         "active_version": active,
         "storage_bytes": registry.storage_bytes(model),
+        "callback_url": model_settings.get("callback_url"),
+        "retain_images": bool(model_settings.get("retain_images", False)),
         "versions": versions,
     }

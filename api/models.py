@@ -31,6 +31,7 @@ from api.services import services
 from api.storage import owner_storage_bytes
 from imgq.errors import Conflict, NotFound, VersionIsActive
 from imgq.model_events import ModelEvent, announce_activation, model_event
+from imgq.webhooks.callback_urls import check_callback_url
 from ml.registry import split_model_id
 
 blp = Blueprint("models", __name__, url_prefix="/models", description="Model registry")
@@ -61,10 +62,23 @@ def get_model(name: str) -> dict[str, Any]:
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
 @blp.alt_response(409, schema=ErrorEnvelopeSchema)
 def update_model(changes: dict[str, Any], name: str) -> dict[str, Any]:
-    """Share a model with every client, or stop sharing it (admins only)."""
-    require_admin()
+    """Change a model's settings: ``shared`` (admins only), ``callback_url`` and
+    ``retain_images`` (its owner or an admin)."""
     registry = services().registry
-    model = visible_model(name)
+    model = owned_model(name)
+    if "shared" in changes:
+        require_admin()  # before anything changes
+    settings: dict[str, Any] = {
+        k: changes[k] for k in ("callback_url", "retain_images") if k in changes
+    }
+    if settings:
+        if settings.get("callback_url") is not None:
+            check_callback_url(settings["callback_url"], services().settings.webhook_allow_private)
+        registry.update_model_settings(model, settings)
+        registry.record_event(
+            model,
+            model_event(ModelEvent.SETTINGS_CHANGED, current_client().client, details=settings),
+        )
     if "shared" in changes:
         other = registry.shared_model(name)
         if changes["shared"] and other not in (None, model):

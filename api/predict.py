@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from typing import Any
 
 from flask import Response, request
@@ -20,7 +21,9 @@ from api.schemas import (
 )
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
+from imgq.api_keys import Role
 from imgq.errors import (
+    Forbidden,
     ImgqError,
     InvalidRequest,
     TooManyImages,
@@ -32,6 +35,7 @@ from imgq.jobs.store import new_job_id
 from imgq.queueing import send_predict_messages
 from imgq.webhooks.callback_urls import check_callback_url
 from ml.preprocess import ImageLimits, check_image
+from ml.registry import split_model_id
 
 blp = Blueprint("predict", __name__, url_prefix="/jobs", description="Prediction jobs")
 
@@ -90,6 +94,21 @@ def _check_images(images: list[bytes]) -> None:
             raise
 
 
+def _retains(model: str, asked: bool | None) -> bool:
+    """Whether a job keeps its images for feedback: as asked, else as the model's settings say;
+    only for the caller's own models (a shared model's owner never gets another's images)."""
+    caller = current_client()
+    owner, _ = split_model_id(model)
+    owns = owner == caller.client or caller.role is Role.ADMIN
+    if asked and not owns:
+        raise Forbidden("Only the model's owner may keep its predictions' images (`retain`).")
+    if asked is None:
+        return owner == caller.client and bool(
+            services().registry.model_settings(model).get("retain_images", False)
+        )
+    return asked
+
+
 @submission_endpoint(blp, "/predict", body=_PREDICT_BODY)
 def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """Queue a prediction job for one or more images."""
@@ -104,11 +123,14 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     callback = options.get("callback_url")
     if callback is not None:
         check_callback_url(callback, svc.settings.webhook_allow_private)
+    retain = _retains(model, options.pop("retain", None))
     job_id = new_job_id()
-    content = json.dumps({**options, "model": model}, sort_keys=True)
+    content = json.dumps({**options, "model": model, "retain": retain}, sort_keys=True)
     replay = replay_or_claim(fingerprint(content, *images), job_id)
     if replay is not None:
         return replay
+    until = time.time() + svc.settings.job_ttl_s  # feedback is accepted while the job lives
+    retained = [svc.datasets.hold(model, image, until) for image in images] if retain else None
     svc.jobs.create_predict_job(
         job_id,
         images,
@@ -120,6 +142,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         check_after_s=svc.settings.predict_check_interval_s,
         callback_url=callback,
         explain=bool(options.get("explain")),
+        retained=retained,
     )
 
     def send() -> None:

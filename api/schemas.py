@@ -65,6 +65,13 @@ class PredictOptionsSchema(Schema):
         validate=validate.OneOf(["gradcam"]),
         metadata={"description": "`gradcam`: add a heatmap per image (slower, unbatched)."},
     )
+    retain = fields.Boolean(
+        metadata={
+            "description": "Keep the images (on the model store, while the job lives) so that "
+            "feedback can add them to the model's dataset; your own models only "
+            "(default: the model's `retain_images`)."
+        },
+    )
 
 
 class PredictJsonSchema(PredictOptionsSchema):
@@ -270,6 +277,12 @@ class ModelSchema(Schema):
     storage_bytes = fields.Integer(
         metadata={"description": "Bytes on the model store: versions, exports, event log."}
     )
+    callback_url = fields.String(
+        allow_none=True, metadata={"description": "Where the model's events are sent."}
+    )
+    retain_images = fields.Boolean(
+        metadata={"description": "Predict jobs keep their images by default."}
+    )
     owner_storage_bytes = fields.Integer(
         metadata={"description": "In `GET /models`: bytes the owner's models and datasets take."}
     )
@@ -281,6 +294,17 @@ class ModelPatchSchema(Schema):
 
     shared = fields.Boolean(
         metadata={"description": "Let every client use the model (admins only)."}
+    )
+    callback_url = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "Where the model's events are sent (`model.drift_detected`), signed "
+            "like job webhooks; null removes it."
+        },
+    )
+    retain_images = fields.Boolean(
+        metadata={"description": "Keep the images of every predict job of yours by default."}
     )
 
 

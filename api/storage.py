@@ -37,5 +37,5 @@ def owner_storage_bytes(owners: Iterable[str]) -> dict[str, int]:
         if owner in wanted:
             totals[owner] += svc.registry.storage_bytes(model)
     for owner in wanted:
-        totals[owner] += sum(svc.datasets.storage_bytes(d) for d in svc.datasets.datasets(owner))
+        totals[owner] += svc.datasets.namespace_bytes(owner)
     return totals

@@ -50,6 +50,7 @@ __all__ = [
     "ImageNotFound",
     "ImagePurged",
     "ImageTooLarge",
+    "ImagesNotRetained",
     "ImgqError",
     "InternalError",
     "InvalidArchive",
@@ -60,6 +61,7 @@ __all__ = [
     "InvalidRequest",
     "JobNotCancelable",
     "JobNotFound",
+    "JobNotSucceeded",
     "MethodNotAllowed",
     "ModelLoadFailed",
     "ModelNotFound",
@@ -179,6 +181,18 @@ class VersionIsActive(Conflict):
     """The version to delete is the one the model serves; activate another first."""
 
     code = "version_is_active"
+
+
+class JobNotSucceeded(Conflict):
+    """Feedback for a job that has not succeeded (still running, failed or canceled)."""
+
+    code = "job_not_succeeded"
+
+
+class ImagesNotRetained(Conflict):
+    """``add_to_dataset`` for a job whose images were not kept (or are kept no longer)."""
+
+    code = "images_not_retained"
 
 
 class IdempotencyConflict(Conflict):

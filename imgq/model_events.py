@@ -30,6 +30,8 @@ class ModelEvent(StrEnum):
     SHARED = "shared"
     UNSHARED = "unshared"
     VERSION_DELETED = "version_deleted"
+    SETTINGS_CHANGED = "settings_changed"
+    DRIFT_DETECTED = "drift_detected"
 
 
 def model_event(

@@ -85,3 +85,41 @@ the reaper and ``/metrics``, never written by imgq."""
 
 DATASET_SWEEP_LEASE = "imgq:dataset-sweep"
 """Held (``SET NX EX``) by the webhooks worker sweeping datasets, so one sweeps per interval."""
+
+
+def job_feedback(job_id: str) -> str:
+    """Hash ``image index -> true label`` a client sent for a predict job (lives as the job)."""
+    return f"{JOB_PREFIX}{job_id}:feedback"
+
+
+MONITORED_VERSIONS = "imgq:monitor:versions"
+"""Set of ``<model id>:<version>`` that have served predictions (see ``imgq.monitoring``)."""
+
+
+def monitor_window(model: str, version: int) -> str:
+    """Capped list of a version's newest predictions, newest first."""
+    return f"imgq:monitor:{model}:{version}:window"
+
+
+def monitor_feedback(model: str, version: int) -> str:
+    """Hash ``correct``/``incorrect``: first labels received for a version's predictions."""
+    return f"imgq:monitor:{model}:{version}:feedback"
+
+
+def monitor_report(model: str, version: int) -> str:
+    """JSON of the latest drift check of a version (for ``/metrics``)."""
+    return f"imgq:monitor:{model}:{version}:report"
+
+
+def monitor_drifted(model: str, version: int) -> str:
+    """Present while a version is drifted: set once per transition into drift."""
+    return f"imgq:monitor:{model}:{version}:drifted"
+
+
+DRIFT_CHECK_LEASE = "imgq:drift-check"
+"""Held (``SET NX EX``) by the webhooks worker checking drift, so one checks per interval."""
+
+
+def webhook_event(event_id: str) -> str:
+    """Hash of a model event waiting for delivery (see ``imgq.webhooks.events``)."""
+    return f"imgq:webhook-event:{event_id}"

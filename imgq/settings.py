@@ -122,6 +122,19 @@ class Settings(BaseSettings):
     activation_margin: float = Field(default=0.02, ge=0, le=1)
     """Accuracy a version that adds classes may lose against the active version, on the
     active version's classes, and still be activated (0.02 = 2 points)."""
+    monitor_window: NonNegativeInt = 10_000
+    """Newest predictions each model version keeps for monitoring (0: monitoring off)."""
+    drift_window: PositiveInt = 1000
+    """Predictions the periodic drift check tests (and the monitoring endpoint's default)."""
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    """p-value under which a drift test reports drift."""
+    drift_min_predictions: PositiveInt = 100
+    """Fewest predictions in a window for drift to be reported."""
+    drift_check_interval_s: PositiveInt = 60
+    """How often a webhooks worker checks every version for drift (and fires the webhook)."""
+    builtin_reference_file: Path | None = None
+    """JSON ``{"classes": {label: fraction}, "confidences": [...]}``: the built-in model's
+    reference for drift (none: its drift is ``null``)."""
     train_heartbeat_timeout_s: PositiveInt = 300
     """A fine-tune or export silent this long lost its worker and is failed (``worker_lost``)."""
     train_time_limit_s: PositiveInt = 6 * 3600

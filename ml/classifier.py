@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
-from ml.labels import imagenet_labels
+from ml.labels import class_names
 from ml.registry import ModelVersion
 from ml.weights import load_lite_imagenet
 
@@ -57,9 +57,7 @@ class Classifier:
     ) -> None:
         self.version = version
         self.model = model
-        self.labels: tuple[str, ...] = (
-            imagenet_labels() if version.labels == "imagenet1k" else tuple(version.labels)
-        )
+        self.labels: tuple[str, ...] = class_names(version.labels)
         self.image_size = (version.image_size, version.image_size)
         self.buckets = batch_buckets(max_batch)
         self._forward = tf.function(

@@ -7,6 +7,7 @@ Layout, one directory per dataset (``<dataset>`` is an id like a model's, ``@ali
     <store>/_datasets/<dataset>/retired/000002.json    # a deleted version (holds no file
                                                        # once the sweep's grace has passed)
     <store>/_datasets/<dataset>/purged/<h>             # bytes removed for good, on request
+    <store>/_datasets/<dataset>/held/<h>               # kept until then for feedback (retain)
 
 A version never changes once written, and its number is claimed by creating its manifest
 (``os.link`` on a local disk fails when the number is taken), so two jobs adding to one dataset
@@ -270,6 +271,30 @@ class DatasetStore(StoreFiles):
         self._write(path, image_bytes)
         return image, True
 
+    def hold(self, dataset: str, image_bytes: bytes, until: float) -> str:
+        """Store an image that no version holds yet and keep it from the sweep until
+        ``until`` (a predict job's retained image, waiting for feedback); returns its hash."""
+        image, _ = self.put_image(dataset, image_bytes)
+        marker = self._dir(dataset, "held", image)
+        earlier = self._read(marker)
+        self._write(marker, f"{max(until, float(earlier or 0))}\n")
+        return image
+
+    def _held(self, dataset: str, now: float) -> set[str]:
+        """Hashes held past ``now``; markers that ran out are removed."""
+        held = set()
+        for image in self._children(self._dir(dataset, "held")):
+            until = float(self._read(self._dir(dataset, "held", image)) or 0)
+            if until > now:
+                held.add(image)
+            else:
+                self.fs.rm_file(self._dir(dataset, "held", image))
+        return held
+
+    def namespace_bytes(self, namespace: str) -> int:
+        """Bytes every dataset of a namespace takes, images held for feedback included."""
+        return self._bytes_under(self._path(DATASETS_DIR, namespace_prefix(namespace)))
+
     def commit(
         self, dataset: str, make: Callable[[DatasetVersion | None, int], DatasetVersion]
     ) -> DatasetVersion:
@@ -342,7 +367,7 @@ class DatasetStore(StoreFiles):
             The hashes of the images removed.
         """
         now = time.time() if now is None else now
-        referenced: set[str] = set()
+        referenced = self._held(dataset, now)
         for manifest, retired_at in self._every_manifest(dataset):
             # A retired manifest stays (it is small): its number is never reused and its
             # images keep their splits if uploaded again; past the grace it holds no file.
@@ -356,5 +381,12 @@ class DatasetStore(StoreFiles):
         return removed
 
     def sweep_all(self, grace_s: float) -> dict[str, int]:
-        """``sweep`` every dataset; returns the number of images removed per dataset id."""
-        return {dataset: len(self.sweep(dataset, grace_s)) for dataset in self.datasets()}
+        """``sweep`` every dataset (those that only hold images for feedback too); returns the
+        number of images removed per dataset id."""
+        found = [
+            f"{prefix}/{name}"
+            for prefix in self._children(self._path(DATASETS_DIR))
+            if prefix.startswith("@")
+            for name in self._children(self._path(DATASETS_DIR, prefix))
+        ]
+        return {d: len(self.sweep(d, grace_s)) for d in found if MODEL_ID.match(d)}

@@ -31,12 +31,14 @@ from ml.backbones import BACKBONES, WeightSources, load_backbone
 from ml.dataset_ingest import IngestRequest, ingest_archive
 from ml.dataset_store import DatasetStore, DatasetVersion
 from ml.datasets import SPLITS, DatasetLayout, check_decoded_classes, decode_items
+from ml.drift import reference_from_predictions
 from ml.errors import ImgqError, InvalidBase
 from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
 from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
 from ml.preprocess import ImageLimits
 from ml.registry import (
     ARTIFACTS,
+    REFERENCE_FILE,
     ModelRegistry,
     ModelVersion,
     publish_version,
@@ -269,6 +271,8 @@ def run_finetune(
     outcome.model.save(staged / "model.keras")
     _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
     (staged / "evaluation.json").write_text(json.dumps(report, indent=2))
+    reference = reference_from_predictions(probabilities, classes)
+    (staged / REFERENCE_FILE).write_text(json.dumps(reference))
     plot_training_curves(outcome.history, staged / "training_curves.png", outcome.phase_boundary)
     plot_confusion_matrix(report["confusion_matrix"], classes, staged / "confusion_matrix.png")
     dataset_record = {

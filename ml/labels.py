@@ -15,3 +15,12 @@ def imagenet_labels() -> tuple[str, ...]:
     if len(names) != 1000:
         raise ValueError(f"expected 1000 ImageNet names, the package has {len(names)}")
     return tuple(names)
+
+
+IMAGENET_HEAD = "imagenet1k"
+"""What a built-in version records as its labels: the ImageNet-1k head."""
+
+
+def class_names(labels: list[str] | str) -> tuple[str, ...]:
+    """A version's class names in index order, from its ``labels`` record."""
+    return imagenet_labels() if labels == IMAGENET_HEAD else tuple(labels)

@@ -68,6 +68,11 @@ def split_model_id(model: str) -> tuple[str | None, str]:
 ARTIFACTS = ("evaluation.json", "training_curves.png", "confusion_matrix.png")
 """Files of a trained version that clients may download."""
 
+REFERENCE_FILE = "reference.json"
+"""A trained version's predictions on its test split: class frequencies, top-1 confidences."""
+SETTINGS_FILE = "settings.json"
+"""A model's client-set settings, beside its versions."""
+
 BUILTIN_IMAGENET = "imagenet"
 """Name of the pretrained ImageNet classifier registered at first start."""
 BUILTIN_NAMESPACE = "system"
@@ -299,6 +304,34 @@ class ModelRegistry(StoreFiles):
         page = entries[:limit]
         texts = [self._read(self._path(name, "events", entry)) for entry in page]
         return [json.loads(t) for t in texts if t], page[-1] if len(entries) > limit else None
+
+    def reference(
+        self, name: str, version: int, builtin_reference: Path | None = None
+    ) -> dict[str, Any] | None:
+        """What a version predicted on its own test split (``REFERENCE_FILE``), for drift
+        tests; for a built-in version, the operator's ``builtin_reference`` file, if any."""
+        meta = self.get(name, version)
+        if meta.kind == "builtin":
+            if builtin_reference is None or not builtin_reference.is_file():
+                return None
+            found: dict[str, Any] = json.loads(builtin_reference.read_text())
+            return found
+        text = self._read(self._path(name, version, REFERENCE_FILE))
+        return json.loads(text) if text else None
+
+    def model_settings(self, name: str) -> dict[str, Any]:
+        """A model's settings that clients change (``callback_url``, ``retain_images``)."""
+        text = self._read(posixpath.join(self._model_path(name), SETTINGS_FILE))
+        return json.loads(text) if text else {}
+
+    def update_model_settings(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change some of a model's settings (a ``None`` value removes one); returns them all."""
+        self.active_version(name)  # ModelNotFound for an unknown model
+        merged = {
+            k: v for k, v in {**self.model_settings(name), **changes}.items() if v is not None
+        }
+        self._write(posixpath.join(self._model_path(name), SETTINGS_FILE), json.dumps(merged))
+        return merged
 
     def activate(self, name: str, version: int) -> None:
         """Point ``name``'s active version at ``version`` (which must exist)."""

@@ -5,7 +5,9 @@
   prediction worker only answers ``celery inspect ping`` and consumes once it can serve at full
   speed, which is what the readiness probe needs.
 * ``Housekeeping`` (webhooks workers): a thread that hands due webhooks to delivery tasks and
-  runs the reaper, and one that sweeps datasets (``workers.dataset_sweep``).
+  runs the reaper; one that sweeps datasets (``workers.dataset_sweep``) and one that checks
+  model versions for drift (``workers.drift_check``), each on its own interval so a slow run
+  never delays a webhook.
 
 Both read the worker's context from ``worker.app``.
 """
@@ -15,15 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import bootsteps
 from kombu.exceptions import OperationalError
 
+from imgq.errors import ImgqError
 from imgq.queueing import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from workers.context import context_of
-from workers.dataset_sweep import start_sweeping
+from workers.dataset_sweep import sweep_datasets
+from workers.drift_check import check_drift
 from workers.metrics import serve_metrics
 from workers.reaper import reap
 
@@ -76,7 +81,10 @@ class Housekeeping(bootsteps.StartStopStep):
         threading.Thread(
             target=self._run, args=(worker.app,), name="housekeeping", daemon=True
         ).start()
-        start_sweeping(context_of(worker.app), self._stop)
+        context = context_of(worker.app)
+        settings = context.settings
+        _every(settings.dataset_sweep_interval_s, lambda: sweep_datasets(context), self._stop)
+        _every(settings.drift_check_interval_s, lambda: check_drift(context), self._stop)
 
     def stop(self, worker: Any) -> None:
         """Stop; deliveries leased but unsent come back when their lease ends."""
@@ -96,3 +104,20 @@ class Housekeeping(bootsteps.StartStopStep):
                     reap(app, context)
             except (redis.RedisError, OSError, OperationalError) as exc:
                 logger.warning("housekeeping: %s", exc)
+
+
+def _every(interval_s: float, work: Callable[[], object], stop: threading.Event) -> None:
+    """Run ``work`` now and then every ``interval_s`` in a daemon thread, until ``stop``."""
+
+    def run() -> None:
+        while True:
+            try:
+                work()
+            except (redis.RedisError, OSError, ImgqError) as exc:
+                logger.warning("housekeeping %s: %s", getattr(work, "__name__", "task"), exc)
+            except Exception:
+                logger.exception("housekeeping task crashed")
+            if stop.wait(interval_s):
+                return
+
+    threading.Thread(target=run, daemon=True).start()

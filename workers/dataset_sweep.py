@@ -10,9 +10,6 @@ the files unreferenced for longer than ``IMGQ_DATASET_SWEEP_GRACE_S``.
 from __future__ import annotations
 
 import logging
-import threading
-
-import redis
 
 from imgq.redis_keys import DATASET_SWEEP_LEASE
 from ml.dataset_store import DatasetStore
@@ -26,25 +23,10 @@ def sweep_datasets(context: WorkerContext) -> dict[str, int] | None:
     or None when another worker holds the lease."""
     settings = context.settings
     if not context.redis.set(
-        DATASET_SWEEP_LEASE, "1", nx=True, ex=settings.dataset_sweep_interval_s
+        DATASET_SWEEP_LEASE, "1", nx=True, ex=max(1, settings.dataset_sweep_interval_s - 1)
     ):
         return None
     removed = DatasetStore(settings.model_store).sweep_all(settings.dataset_sweep_grace_s)
     if any(removed.values()):
         logger.info("dataset sweep removed %d images", sum(removed.values()))
     return removed
-
-
-def start_sweeping(context: WorkerContext, stop: threading.Event) -> None:
-    """Sweep now and then every interval, in a daemon thread, until ``stop`` is set."""
-
-    def run() -> None:
-        while True:
-            try:
-                sweep_datasets(context)
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("dataset sweep: %s", exc)
-            if stop.wait(context.settings.dataset_sweep_interval_s):
-                return
-
-    threading.Thread(target=run, name="dataset-sweep", daemon=True).start()

@@ -131,7 +131,12 @@ class BatchRunner:
             )
             for ((target, index, _), _pixels), row in zip(good, probabilities, strict=True)
         ]
-        latencies = self.context.images.store(split_model_id(model)[1], version, results)
+        latencies = self.context.images.store(
+            split_model_id(model)[1],
+            version,
+            results,
+            monitor=(model, self.context.settings.monitor_window),
+        )
         count_completed_predictions(latencies)
         logger.debug(
             "batch done",

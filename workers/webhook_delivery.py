@@ -1,4 +1,5 @@
-"""Webhook delivery: POST the ended job, signed, to its callback URL; one attempt per task.
+"""Webhook delivery: POST the ended job (or a model event), signed, to its callback URL; one
+attempt per task.
 
 The attempt's outcome drives the delivery's state machine (``imgq.webhooks.delivery``, which
 also holds the retry schedule): a 2xx delivers; a timeout, a connection error, 429 or 5xx
@@ -23,6 +24,7 @@ from imgq.queueing import DELIVER_WEBHOOK_TASK
 from imgq.settings import Settings
 from imgq.webhooks.callback_urls import CallbackTarget, check_callback_url
 from imgq.webhooks.delivery import AttemptOutcome, Delivery
+from imgq.webhooks.events import WebhookEvents, is_event
 from imgq.webhooks.signing import sign
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.metrics import WEBHOOK_ATTEMPTS
@@ -62,15 +64,25 @@ def _post(settings: Settings, target: CallbackTarget, body: bytes, headers: dict
         return int(response.status)
 
 
-def _attempt(
-    context: WorkerContext, job_id: str, delivery: Delivery
-) -> tuple[AttemptOutcome, dict[str, Any]]:
-    """Send once; return the outcome and the attempt's record."""
-    settings = context.settings
-    document = context.jobs.get(job_id) or {}
+def _source(context: WorkerContext, delivery_id: str) -> tuple[dict[str, str], bytes]:
+    """What a delivery sends: the record that names its URL and client, and the body (the
+    ended job, or a model event's document)."""
+    if is_event(delivery_id):
+        fields = WebhookEvents(context.redis, context.settings.job_ttl_s).fields(delivery_id)
+        return fields, fields.get("body", "{}").encode()
+    fields = context.jobs.fields(delivery_id)
+    document = context.jobs.get(delivery_id) or {}
     body = json.dumps(
         {**document, "status": str(document.get("status"))}, default=str, sort_keys=True
     ).encode()
+    return fields, body
+
+
+def _attempt(
+    context: WorkerContext, body: bytes, delivery: Delivery
+) -> tuple[AttemptOutcome, dict[str, Any]]:
+    """Send once; return the outcome and the attempt's record."""
+    settings = context.settings
     timestamp = str(int(time.time()))
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
     headers = {
@@ -101,13 +113,13 @@ def deliver(context: WorkerContext, job_id: str) -> None:
     if not deliveries.lock(job_id):
         return  # another attempt for this job is running; its outcome decides
     try:
-        fields = context.jobs.fields(job_id)
+        fields, body = _source(context, job_id)
         if not fields.get("callback_url"):
             return
         delivery = deliveries.load(job_id) or Delivery.for_job(job_id, fields)
         if delivery.ended:
             return
-        outcome, record = _attempt(context, job_id, delivery)
+        outcome, record = _attempt(context, body, delivery)
         WEBHOOK_ATTEMPTS.labels(outcome.value).inc()
         due = delivery.record(outcome, record, context.settings.webhook_schedule, time.time())
         if due is not None:

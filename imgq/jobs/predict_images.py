@@ -22,6 +22,7 @@ from imgq import redis_keys
 from imgq.jobs import scripts
 from imgq.jobs.documents import PredictResult
 from imgq.jobs.status import JobStatus
+from imgq.monitoring import window_entry
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,32 @@ class PredictImages:
             pipe.hget(redis_keys.job_images(job_id), str(index))
         return list(pipe.execute())
 
-    def store(self, model: str, version: int, results: Sequence[ImageResult]) -> list[float]:
+    def store(
+        self,
+        model: str,
+        version: int,
+        results: Sequence[ImageResult],
+        *,
+        monitor: tuple[str, int] | None = None,
+    ) -> list[float]:
         """Store per-image predictions of version ``version`` of the model results call
         ``model`` (its name, not its id); returns the latency (s) of each job this call
-        completed."""
+        completed.
+
+        ``monitor`` is ``(model id, window size)``: each newly stored prediction's top-1 also
+        enters the version's monitoring window (``imgq.monitoring``), in the same script.
+        """
         now = time.time()
         head, tail = PredictResult.frame(model, version)
+        model_id, window = monitor if monitor is not None else ("", 0)
+        keys = [redis_keys.monitor_window(model_id, version), redis_keys.MONITORED_VERSIONS]
         pipe = self._redis.pipeline(transaction=False)
         for result in results:
+            top: dict[str, Any] = result.predictions[0] if result.predictions else {}
+            label, score = str(top.get("label", "")), float(top.get("score", 0.0))
+            entry = window_entry(result.job_id, result.index, label, score)
             self._store_prediction(
-                keys=job_keys(result.job_id),
+                keys=[*job_keys(result.job_id), *keys],
                 args=[
                     result.index,
                     json.dumps(result.predictions),
@@ -117,6 +134,9 @@ class PredictImages:
                     redis_keys.JOBS_DONE_CHANNEL,
                     head,
                     tail,
+                    entry if window else "",
+                    window,
+                    f"{model_id}:{version}",
                 ],
                 client=pipe,
             )

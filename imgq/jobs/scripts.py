@@ -34,12 +34,14 @@ end
 STORE_PREDICTION = (
     _ENDED
     + f"""
--- KEYS: record, predictions, images.
--- ARGV: index, predictions JSON, now, ttl, job id, channel, result head, result tail.
+-- KEYS: record, predictions, images, the version's monitoring window, the monitored set.
+-- ARGV: index, predictions JSON, now, ttl, job id, channel, result head, result tail,
+--       window entry, window size (0: do not record), monitored member.
 -- Stores one image's predictions once (HSETNX: a redelivered message cannot overwrite a stored
--- result); when the last image lands, joins the result between head and tail (see
--- imgq.jobs.documents.PredictResult), marks the job succeeded, announces it and returns its
--- created_at (else 0: job over or gone, 1: stored, not the last).
+-- result) and records it once in the version's window (see imgq.monitoring); when the last
+-- image lands, joins the result between head and tail (see imgq.jobs.documents.PredictResult),
+-- marks the job succeeded, announces it and returns its created_at (else 0: job over or gone,
+-- 1: stored, not the last).
 if ended(redis.call('HGET', KEYS[1], 'status')) then
   redis.call('INCR', '{redis_keys.REDUNDANT_RESULTS}')
   return 0
@@ -49,6 +51,12 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
   return 1
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+local window = tonumber(ARGV[10])
+if window > 0 then
+  redis.call('LPUSH', KEYS[4], ARGV[9])
+  redis.call('LTRIM', KEYS[4], 0, window - 1)
+  redis.call('SADD', KEYS[5], ARGV[11])
+end
 local count = tonumber(redis.call('HGET', KEYS[1], 'image_count'))
 if redis.call('HLEN', KEYS[2]) < count then return 1 end
 local parts = {{}}

@@ -87,8 +87,12 @@ class JobStore:
         check_after_s: float,
         callback_url: str | None = None,
         explain: bool = False,
+        retained: Sequence[str] | None = None,
     ) -> None:
         """Store a queued predict job with its images in one transaction.
+
+        ``retained`` are the hashes under which the images are also kept on the model store
+        for feedback (``api.feedback``).
 
         ``version`` None leaves the choice to the worker, which pins the version it serves
         when it takes the job's first image, so all of a job's images use one version. The
@@ -101,6 +105,8 @@ class JobStore:
             record["version"] = str(version)
         if explain:
             record["explain"] = "1"
+        if retained is not None:
+            record["retained"] = json.dumps(list(retained))
         record["deadline_s"] = repr(float(deadline_s))
         pipe = self._redis.pipeline(transaction=True)
         self._store_record(pipe, job_id, record)
