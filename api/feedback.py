@@ -126,6 +126,12 @@ def _add_to_dataset(model: str, fields: dict[str, str], labels: list[str | None]
             {"id": fields["id"], "images": missing[:10]},
         )
 
+    latest = store.latest(dataset)
+    if latest is not None and all(
+        latest.images.get(image, ("", ""))[0] == label for image, label in labelled.items()
+    ):  # sent before: the dataset holds these labels already, no new version
+        return {"name": split_model_id(dataset)[1], "version": latest.version, "added": 0}
+
     def make(latest: DatasetVersion | None, number: int) -> DatasetVersion:
         images = dict(latest.images) if latest is not None else {}
         seed = latest.seed if latest is not None else 0

@@ -83,6 +83,8 @@ class MonitorLog:
 
     def window(self, model: str, version: int, size: int) -> list[WindowEntry]:
         """The newest ``size`` predictions of a version, newest first, with their feedback."""
+        if size <= 0:  # LRANGE 0 -1 would be the whole list
+            return []
         raw = self._redis.lrange(redis_keys.monitor_window(model, version), 0, size - 1)
         rows = [json.loads(entry) for entry in raw]
         jobs = sorted({row[0] for row in rows})
@@ -127,6 +129,18 @@ class MonitorLog:
         found = self._redis.hgetall(redis_keys.monitor_feedback(model, version))
         totals = {_text(k): int(v) for k, v in found.items()}
         return {"correct": totals.get("correct", 0), "incorrect": totals.get("incorrect", 0)}
+
+    def forget(self, model: str, version: int) -> None:
+        """Stop monitoring a version that no longer exists (its model or it was deleted)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.srem(redis_keys.MONITORED_VERSIONS, f"{model}:{version}")
+        pipe.delete(
+            redis_keys.monitor_window(model, version),
+            redis_keys.monitor_feedback(model, version),
+            redis_keys.monitor_report(model, version),
+            redis_keys.monitor_drifted(model, version),
+        )
+        pipe.execute()
 
     def save_report(self, model: str, version: int, report: dict[str, Any]) -> None:
         """Keep the latest drift check of a version, for ``/metrics``."""

@@ -65,6 +65,7 @@ def settings(redis_service: Service, service_dir: Path) -> Settings:
         api_threads=8,
         metrics_port=free_port(),
         ready_file=service_dir / "predict-ready",
+        drift_check_interval_s=2,  # the drift webhook fires within seconds in tests
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgq.client.cli import main
+from imgq.client.cli import SPARK_BARS, SPARK_GAP, main, sparkline
 from imgq.local.supervisor import REPO, Service
 from tests.support.datasets import make_dataset_zip
 from tests.support.http import credentials, http, wait_for_job
@@ -149,3 +151,50 @@ def test_finetune_without_a_folder_or_a_stored_dataset_is_a_usage_error(
         main(["--key", "k", "finetune", "--model", "cli-pets"])
     assert exited.value.code == 2
     assert "FOLDER, --dataset-version or --dataset-name" in capsys.readouterr().err
+
+
+def test_monitor_shows_the_window_drift_and_online_accuracy_as_tables_and_as_json(
+    api_server: str, predict_worker: Service, cat_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
+    images = [base64.b64encode(b).decode() for b in (cat_jpeg, coffee_jpeg)]
+    sent = http.post(f"{api_server}/jobs/predict", json={"images": images})
+    assert sent.status_code == 202, sent.text
+    job = wait_for_job(api_server, sent.json()["id"])
+    assert job["status"] == "succeeded", job
+    labels = [top[0]["label"] for top in job["result"]["predictions"]]
+    feedback = http.post(f"{api_server}/jobs/{job['id']}/feedback", json={"labels": labels})
+    assert feedback.status_code == 200, feedback.text
+    assert feedback.json()["correct"] == [True, True]
+    # Other tests may have predicted with imagenet (and sent feedback) in this session.
+    table = imgq(api_server, "monitor", "imagenet", "1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = re.fullmatch(
+        r"imagenet v1: (\d+)/1000 predictions in window, test accuracy \S+, "
+        r"online accuracy [\d.]+ \((\d+) with feedback\)",
+        lines[0],
+    )
+    assert header, lines[0]
+    assert int(header[1]) >= 2 and int(header[2]) >= 2
+    assert any(line.startswith("classes (chi-square)") for line in lines)
+    assert any(line.startswith("confidence (KS)") for line in lines)
+    assert all(label in table.stdout for label in labels)  # the class and feedback tables
+    assert any(line.startswith("true class") for line in lines)
+    spark = lines[-1].removeprefix("online accuracy, oldest to newest: ")
+    assert spark != lines[-1] and spark and set(spark) <= set(SPARK_BARS + SPARK_GAP)
+    assert set(spark) & set(SPARK_BARS)  # the new feedback's slice has an accuracy
+    as_json = imgq(api_server, "--json", "monitor", "imagenet")  # the active version
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert (document["model"], document["version"], document["window"]) == ("imagenet", 1, 1000)
+    assert document["predictions"] >= 2 and document["feedback"]["count"] >= 2
+    assert all(document["classes"]["observed"][label] >= 1 for label in labels)
+    assert len(document["feedback"]["accuracy_series"]) == len(spark)
+    missing = imgq(api_server, "monitor", "nope")
+    assert missing.returncode == 1 and "model_not_found" in missing.stderr
+
+
+def test_sparkline_draws_accuracies_from_the_lowest_to_the_highest_bar() -> None:
+    assert sparkline([None, 0.0, 0.5, 1.0, None]) == "·▁▅█·"
+    assert sparkline([]) == ""
+    assert sparkline([1.2, -0.1]) == "█▁"  # out of range: clamped

@@ -794,3 +794,25 @@ def test_compose_settings_are_the_deployed_settings() -> None:
         for name in deployments:
             volumes = compose["services"][name.removeprefix("imgq-")]["volumes"]
             assert any(v.endswith(":" + env[setting]) for v in volumes), (name, setting)
+
+
+def test_the_example_alert_rules_use_only_series_the_api_exports() -> None:
+    from api.metrics import MonitoringCollector
+
+    rules = yaml.safe_load((REPO / "deploy" / "alerts" / "imgq-rules.yaml").read_text())
+    exported = set(
+        re.findall(
+            r'"(imgq_[a-z_]+)"',
+            Path(sys.modules[MonitoringCollector.__module__].__file__ or "").read_text(),
+        )
+    )
+    used = {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\b(imgq_[a-z_]+)", rule["expr"])
+    }
+    assert used and used <= exported, used - exported
+    assert all(
+        rule["labels"]["severity"] and rule["for"] for g in rules["groups"] for rule in g["rules"]
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from imgq.errors import ImgqError
+from imgq.errors import NotFound
 from imgq.model_events import SYSTEM, ModelEvent, model_event
 from imgq.monitoring import MonitorLog
 from imgq.redis_keys import DRIFT_CHECK_LEASE
@@ -53,7 +53,8 @@ def check_drift(context: WorkerContext) -> dict[tuple[str, int], bool | None] | 
                 rule=rule,
                 builtin_reference=settings.builtin_reference_file,
             )
-        except ImgqError:  # the version was deleted
+        except NotFound:  # the version or its model was deleted
+            log.forget(model, version)
             continue
         log.save_report(model, version, report)
         verdicts[(model, version)] = report["drifted"]

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,14 @@ from tqdm import tqdm
 from imgq.client.http import ApiError, ImgqClient, zip_dataset
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+SPARK_BARS = "▁▂▃▄▅▆▇█"
+"""The sparkline's bars, from an accuracy of 0 to one of 1."""
+SPARK_GAP = "·"
+"""The sparkline's mark for a slice of the window with no feedback."""
+NONE = "—"
+"""How a number the server did not compute (null) is shown."""
+CLASS_ROWS = 20
+"""Classes ``imgq monitor`` lists at most (the most predicted first; ``--json`` has all)."""
 
 
 def _print_json(document: Any) -> None:
@@ -258,6 +266,113 @@ def cmd_export(client: ImgqClient, args: argparse.Namespace) -> Any:
     return None
 
 
+def sparkline(series: Sequence[float | None]) -> str:
+    """Accuracies between 0 and 1 as one bar each (``▁`` for 0, ``█`` for 1), ``·`` for None."""
+    top = len(SPARK_BARS) - 1
+    return "".join(
+        SPARK_GAP if value is None else SPARK_BARS[round(min(max(value, 0.0), 1.0) * top)]
+        for value in series
+    )
+
+
+def _number(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table, ``—`` when the server had none."""
+    return NONE if value is None else format(value, spec)
+
+
+def _verdict(drifted: bool | None) -> str:
+    """A drift test's answer: ``yes``, ``no``, or ``n/a`` when it could not run."""
+    return "n/a" if drifted is None else "yes" if drifted else "no"
+
+
+def _class_rows(classes: Mapping[str, Any]) -> tuple[list[list[Any]], int]:
+    """Rows of the class table, the most predicted (then most expected) first, at most
+    ``CLASS_ROWS``; with how many classes were left out."""
+    observed: Mapping[str, int] = classes["observed"]
+    reference: Mapping[str, float] = classes["reference"] or {}
+    total = sum(observed.values())
+    labels = sorted(
+        set(observed) | set(reference),
+        key=lambda label: (-observed.get(label, 0), -reference.get(label, 0.0), label),
+    )
+    rows = [
+        [
+            label,
+            observed.get(label, 0),
+            _number(observed.get(label, 0) / total if total else None, ".1%"),
+            _number(reference.get(label) if classes["reference"] is not None else None, ".1%"),
+        ]
+        for label in labels[:CLASS_ROWS]
+    ]
+    return rows, max(0, len(labels) - CLASS_ROWS)
+
+
+def cmd_monitor(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Show a version's drift from its test split and its online accuracy from feedback."""
+    version = args.version
+    if version is None:
+        version = client.model(args.name).get("active_version")
+        if version is None:
+            raise ApiError(0, "no_active_version", f"{args.name} has no active version.")
+    report = client.monitoring(args.name, version, args.window)
+    if args.json:
+        return report
+    feedback = report["feedback"]
+    print(
+        f"{report['model']} v{report['version']}: {report['predictions']}/{report['window']} "
+        f"predictions in window, test accuracy {_number(report['test_accuracy'])}, "
+        f"online accuracy {_number(feedback['accuracy'])} ({feedback['count']} with feedback)"
+    )
+    classes, confidence = report["classes"], report["confidence"]
+    print()
+    _table(
+        [
+            [
+                name,
+                _number(test["statistic"]),
+                _number(test["p_value"], ".3g"),
+                _verdict(test["drifted"]),
+            ]
+            for name, test in (("classes (chi-square)", classes), ("confidence (KS)", confidence))
+        ],
+        ["test", "statistic", "p-value", "drifted"],
+    )
+    print(
+        f"drifted: {_verdict(report['drifted'])}; mean confidence "
+        f"{_number(confidence['observed_mean'])} "
+        f"(reference {_number(confidence['reference_mean'])})"
+    )
+    print()
+    rows, left_out = _class_rows(classes)
+    _table(rows, ["class", "observed", "share", "reference"])
+    if left_out:
+        print(f"... and {left_out} more classes (--json lists them all)")
+    if feedback["per_class"]:
+        print()
+        _table(
+            [
+                [label, found["count"], found["correct"], _number(found["accuracy"])]
+                for label, found in feedback["per_class"].items()
+            ],
+            ["true class", "feedback", "correct", "accuracy"],
+        )
+    series = feedback.get("accuracy_series") or []
+    print(f"\nonline accuracy, oldest to newest: {sparkline(series) if series else '(none yet)'}")
+    return None
+
+
+def _monitor_arguments(monitor: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``imgq monitor`` to its parser, and return it."""
+    monitor.add_argument("name", metavar="MODEL")
+    monitor.add_argument(
+        "version", type=int, nargs="?", metavar="VERSION", help="default: the active version"
+    )
+    monitor.add_argument(
+        "--window", type=int, default=1000, help="newest predictions to test (default 1000)"
+    )
+    return monitor
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="imgq", description=__doc__.split("\n\n")[0])
@@ -329,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("-o", "--output", required=True)
     export.set_defaults(run=cmd_export)
+    _monitor_arguments(
+        commands.add_parser("monitor", help="show a version's drift and online accuracy")
+    ).set_defaults(run=cmd_monitor)
     return parser
 
 

@@ -117,6 +117,18 @@ class ImgqClient:
         """One stored dataset with every version's sizes per class and split."""
         return dict(self._call("GET", f"/datasets/{name}"))
 
+    def model(self, name: str) -> dict[str, Any]:
+        """One model: its versions and which one is active (``active_version``)."""
+        return dict(self._call("GET", f"/models/{name}"))
+
+    def monitoring(self, name: str, version: int, window: int) -> dict[str, Any]:
+        """Drift and online accuracy of a version's newest ``window`` predictions."""
+        return dict(
+            self._call(
+                "GET", f"/models/{name}/versions/{version}/monitoring", params={"window": window}
+            )
+        )
+
     def request_export(self, name: str, version: int, fmt: str) -> dict[str, Any]:
         """Queue an export job."""
         return dict(
