@@ -18,6 +18,7 @@ from api import (
     models,
     monitoring,
     predict,
+    rollout,
 )
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         feedback.blp,
         models.blp,
         monitoring.blp,
+        rollout.blp,
         exports.blp,
         datasets.blp,
     ):

@@ -160,5 +160,7 @@ def describe(model: str, *, with_training: bool) -> dict[str, Any]:
         "storage_bytes": registry.storage_bytes(model),
         "callback_url": model_settings.get("callback_url"),
         "retain_images": bool(model_settings.get("retain_images", False)),
+        "canary": registry.canary(model),
+        "policy": model_settings.get("policy"),
         "versions": versions,
     }

@@ -20,6 +20,7 @@ from api.model_access import (
     visible_model,
     visible_models,
 )
+from api.rollout import canary_ended, publish_event
 from api.schemas import (
     ErrorEnvelopeSchema,
     ModelEventsQuerySchema,
@@ -109,13 +110,16 @@ def activate_version(name: str, version: int) -> dict[str, Any]:
     model = owned_model(name)
     version_of(model, version)
     previous = svc.registry.active_version(model)
-    svc.registry.activate(model, version)
+    canary = svc.registry.canary(model)
+    svc.registry.activate(model, version)  # ends any canary
     announce_activation(svc.redis, model)
     event = ModelEvent.ROLLED_BACK if version < previous else ModelEvent.ACTIVATED
     details = {"previous_version": previous}
     svc.registry.record_event(
         model, model_event(event, current_client().client, version=version, details=details)
     )
+    if canary is not None:
+        publish_event(model, canary_ended(canary, f"version {version} was activated"))
     return describe(model, with_training=True)
 
 

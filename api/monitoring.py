@@ -17,6 +17,7 @@ from api.monitoring_schemas import MonitoringQuerySchema, MonitoringSchema
 from api.schemas import ErrorEnvelopeSchema
 from api.services import services
 from imgq.monitoring import MonitorLog
+from ml.canary import canary_block
 from ml.drift import DriftRule, version_monitoring
 
 blp = Blueprint("monitoring", __name__, url_prefix="/models", description="Model monitoring")
@@ -34,13 +35,27 @@ def get_monitoring(query: dict[str, Any], name: str, version: int) -> dict[str, 
     model = owned_model(name)
     version_of(model, version)
     window = min(query["window"], svc.settings.monitor_window)
-    entries = MonitorLog(svc.redis, svc.settings.job_ttl_s).window(model, version, window)
-    return version_monitoring(
+    log = MonitorLog(svc.redis, svc.settings.job_ttl_s)
+    entries = log.window(model, version, window)
+    rule = DriftRule(svc.settings.drift_alpha, svc.settings.drift_min_predictions)
+    document = version_monitoring(
         svc.registry,
         model,
         version,
         [(entry.label, entry.confidence, entry.truth) for entry in entries],
         window=window,
-        rule=DriftRule(svc.settings.drift_alpha, svc.settings.drift_min_predictions),
+        rule=rule,
         builtin_reference=svc.settings.builtin_reference_file,
     )
+    canary = canary_block(
+        svc.registry,
+        model,
+        lambda number: [
+            e.as_labelled() for e in log.window(model, number, svc.settings.monitor_window)
+        ],
+        rule=rule,
+        builtin_reference=svc.settings.builtin_reference_file,
+    )
+    if canary is not None and version in (canary["version"], canary["active_version"]):
+        document["canary"] = canary
+    return document

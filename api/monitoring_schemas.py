@@ -117,3 +117,10 @@ class MonitoringSchema(Schema):
         allow_none=True, metadata={"description": "Either test reports drift (null: no test)."}
     )
     test_accuracy = fields.Float(allow_none=True)
+    canary = fields.Dict(
+        metadata={
+            "description": "While a canary runs (in both versions' documents): `{version, "
+            "active_version, traffic, started_at, active, candidate, difference, interval, "
+            "p_value, test, drift, verdict}`; `verdict` is `better`, `worse` or `undecided`."
+        }
+    )

@@ -283,6 +283,13 @@ class ModelSchema(Schema):
     retain_images = fields.Boolean(
         metadata={"description": "Predict jobs keep their images by default."}
     )
+    canary = fields.Dict(
+        allow_none=True,
+        metadata={"description": "The running canary: `{version, traffic, started_at, by}`."},
+    )
+    policy = fields.Dict(
+        allow_none=True, metadata={"description": "The rollout policy (`PUT .../policy`)."}
+    )
     owner_storage_bytes = fields.Integer(
         metadata={"description": "In `GET /models`: bytes the owner's models and datasets take."}
     )

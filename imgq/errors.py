@@ -28,6 +28,7 @@ from ml.errors import (
     InvalidImage,
     ModelNotFound,
     NotFound,
+    NothingNew,
     VersionNotFound,
     WeightsNotFound,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ModelNotFound",
     "NotFound",
     "NotImplementedByServer",
+    "NothingNew",
     "PayloadTooLarge",
     "RateLimited",
     "ReservedModelName",

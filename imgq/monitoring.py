@@ -53,11 +53,17 @@ class WindowEntry:
     label: str
     confidence: float
     truth: str | None
+    at: float | None
+    """When it was served (None for entries written before times were kept)."""
+
+    def as_labelled(self) -> tuple[str, float, str | None, float | None]:
+        """``(label, confidence, truth, at)``, as ``ml.canary`` takes a window."""
+        return self.label, self.confidence, self.truth, self.at
 
 
-def window_entry(job_id: str, index: int, label: str, confidence: float) -> str:
-    """A prediction as the window stores it."""
-    return json.dumps([job_id, index, label, round(confidence, 6)])
+def window_entry(job_id: str, index: int, label: str, confidence: float, at: float) -> str:
+    """A prediction as the window stores it (``at``: when it was stored, Unix time)."""
+    return json.dumps([job_id, index, label, round(confidence, 6), round(at, 3)])
 
 
 class MonitorLog:
@@ -96,8 +102,15 @@ class MonitorLog:
             for job_id, found in zip(jobs, pipe.execute(), strict=True)
         }
         return [
-            WindowEntry(job_id, index, label, float(confidence), labels[job_id].get(str(index)))
-            for job_id, index, label, confidence in rows
+            WindowEntry(
+                job_id,
+                index,
+                label,
+                float(confidence),
+                labels[job_id].get(str(index)),
+                float(rest[0]) if rest else None,
+            )
+            for job_id, index, label, confidence, *rest in rows
         ]
 
     def save_feedback(

@@ -123,3 +123,14 @@ DRIFT_CHECK_LEASE = "imgq:drift-check"
 def webhook_event(event_id: str) -> str:
     """Hash of a model event waiting for delivery (see ``imgq.webhooks.events``)."""
     return f"imgq:webhook-event:{event_id}"
+
+
+ROLLOUT_MODELS = "imgq:rollout:models"
+"""Set of model ids that have a rollout policy (see ``workers.rollout``)."""
+ROLLOUT_LEASE = "imgq:rollout-check"
+"""Held (``SET NX EX``) by the webhooks worker applying rollout policies this interval."""
+
+
+def rollout_state(model: str) -> str:
+    """Hash of a model's rollout in progress: the retrain job it started, a pending decision."""
+    return f"imgq:rollout:{model}"

@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     """Fewest predictions in a window for drift to be reported."""
     drift_check_interval_s: PositiveInt = 60
     """How often a webhooks worker checks every version for drift (and fires the webhook)."""
+    rollout_check_interval_s: PositiveInt = 30
+    """How often a webhooks worker applies the models' rollout policies."""
     builtin_reference_file: Path | None = None
     """JSON ``{"classes": {label: fraction}, "confidences": [...]}``: the built-in model's
     reference for drift (none: its drift is ``null``)."""

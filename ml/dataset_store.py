@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,29 @@ class DatasetStore(StoreFiles):
                 if text is not None:
                     retired_at = json.loads(text).get("retired_at") if folder == "retired" else None
                     yield DatasetVersion.from_json(dataset, text), retired_at
+
+    def additions(self, dataset: str, since: int | None, version: int) -> dict[str, Any]:
+        """What ``version`` holds that version ``since`` did not: how many images, per class,
+        and per source of the version that first brought each (``upload``, ``feedback``...)."""
+        target = self.get(dataset, version)
+        before: set[str] = set()
+        for manifest, _ in self._every_manifest(dataset):
+            if manifest.version == since:
+                before = set(manifest.images)
+        new = [image for image in target.images if image not in before]
+        sources: dict[str, str] = {}
+        sources_at: dict[str, int] = {}
+        for manifest, _ in self._every_manifest(dataset):
+            if (since or 0) < manifest.version <= version:
+                for image in manifest.images:
+                    if image not in sources or manifest.version < sources_at.get(image, version):
+                        sources[image], sources_at[image] = manifest.source, manifest.version
+        return {
+            "since_version": since,
+            "images": len(new),
+            "per_class": dict(sorted(Counter(target.images[i][0] for i in new).items())),
+            "per_source": dict(sorted(Counter(sources.get(i, target.source) for i in new).items())),
+        }
 
     def known_splits(self, dataset: str) -> dict[str, str]:
         """Image hash -> split, for every image any version of the dataset has held."""

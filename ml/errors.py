@@ -91,6 +91,13 @@ class DatasetLimitExceeded(ImgqError):
     status = 413
 
 
+class NothingNew(ImgqError):
+    """A retrain of a model whose dataset has not changed since its active version."""
+
+    code = "nothing_new"
+    status = 409
+
+
 class InvalidImage(ImgqError):
     """The bytes are not a decodable image (unknown format, truncated, corrupt)."""
 

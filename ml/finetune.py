@@ -69,6 +69,8 @@ class FinetuneRequest:
     sources: WeightSources
     activation_margin: float = 0.02
     """Accuracy a version that adds classes may lose on the active version's classes."""
+    retrain_of: dict[str, Any] | None = None
+    """For a retrain (``ml.retrain``), what it continues; it is never activated by the gate."""
 
 
 @dataclass
@@ -267,6 +269,14 @@ def run_finetune(
     activate, reason = _compare_with_active(
         registry, request, classes, (images, labels), probabilities
     )
+    if request.retrain_of is not None:
+        activate, reason = (
+            False,
+            (
+                "a retrain is never activated on its own (activate it, or let a canary decide); "
+                f"the gate would say: {reason}"
+            ),
+        )
     staged = staging_dir(registry, request.model)
     outcome.model.save(staged / "model.keras")
     _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
@@ -324,6 +334,7 @@ def run_finetune(
         "activation_reason": reason,
         "metrics": report,
         "dataset": {**dataset_record, **_ingest_counts(ingested, dataset)},
+        **_what_is_new(request, datasets, dataset),
         "skipped_images": training["skipped_images"],
         "artifacts": list(ARTIFACTS),
     }
@@ -334,3 +345,18 @@ def _ingest_counts(ingested: dict[str, Any] | None, dataset: DatasetVersion) -> 
     keys = ("added", "duplicated", "relabelled", "removed", "skipped")
     counts = {key: (ingested or {}).get(key, 0) for key in keys}
     return {"images": len(dataset.images), "classes": dataset.classes, **counts}
+
+
+def _what_is_new(
+    request: FinetuneRequest, datasets: DatasetStore, dataset: DatasetVersion
+) -> dict[str, Any]:
+    """For a retrain: the images added since the dataset version its parent was trained on."""
+    if request.retrain_of is None:
+        return {}
+    since = request.retrain_of.get("parent_dataset_version")
+    return {
+        "retrain": {
+            **request.retrain_of,
+            "new_images": datasets.additions(dataset.dataset, since, dataset.version),
+        }
+    }

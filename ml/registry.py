@@ -30,6 +30,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,8 @@ ARTIFACTS = ("evaluation.json", "training_curves.png", "confusion_matrix.png")
 
 REFERENCE_FILE = "reference.json"
 """A trained version's predictions on its test split: class frequencies, top-1 confidences."""
+CANARY_FILE = "canary"
+"""A model's canary, beside its active pointer: the version and its share of traffic."""
 SETTINGS_FILE = "settings.json"
 """A model's client-set settings, beside its versions."""
 
@@ -269,6 +272,8 @@ class ModelRegistry(StoreFiles):
     def delete_version(self, name: str, version: int) -> None:
         """Remove one version with its exports (the caller keeps it from being the active one)."""
         self.get(name, version)
+        if (self.canary(name) or {}).get("version") == version:
+            self.end_canary(name)
         self._remove(self._path(name, version))
         shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
 
@@ -334,9 +339,38 @@ class ModelRegistry(StoreFiles):
         return merged
 
     def activate(self, name: str, version: int) -> None:
-        """Point ``name``'s active version at ``version`` (which must exist)."""
+        """Point ``name``'s active version at ``version`` (which must exist); activating any
+        version ends a canary."""
         self.get(name, version)
         self._write(self._path(name, "active"), f"{version}\n")
+        self.end_canary(name)
+
+    def canary(self, name: str) -> dict[str, Any] | None:
+        """The model's canary: ``{"version", "traffic", "started_at", "by"}``, or None."""
+        text = self._read(posixpath.join(self._model_path(name), CANARY_FILE))
+        return json.loads(text) if text else None
+
+    def start_canary(self, name: str, version: int, traffic: float, by: str) -> dict[str, Any]:
+        """Send ``traffic`` (a fraction) of the model's unpinned jobs to ``version``; a canary
+        already running for the same version keeps its start, so its feedback period does."""
+        self.get(name, version)
+        current = self.canary(name)
+        started = current["started_at"] if current and current["version"] == version else None
+        canary = {
+            "version": version,
+            "traffic": traffic,
+            "started_at": started or time.time(),
+            "by": by,
+        }
+        self._write(posixpath.join(self._model_path(name), CANARY_FILE), json.dumps(canary))
+        return canary
+
+    def end_canary(self, name: str) -> dict[str, Any] | None:
+        """Stop the model's canary; returns the one that ran, if any."""
+        current = self.canary(name)
+        if current is not None:
+            self.fs.rm_file(posixpath.join(self._model_path(name), CANARY_FILE))
+        return current
 
     def ensure_builtin(
         self, backbone: str, created_at: float, model: str = BUILTIN_IMAGENET

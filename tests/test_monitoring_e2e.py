@@ -332,7 +332,7 @@ def test_a_window_of_no_predictions_is_empty_not_the_whole_list(settings: Settin
     model = model_id("nobody", "unwatched")
     key = redis_keys.monitor_window(model, 1)
     client.delete(key)
-    client.lpush(key, *(window_entry(f"job{i}", 0, "cat", 0.9) for i in range(3)))
+    client.lpush(key, *(window_entry(f"job{i}", 0, "cat", 0.9, 1.0e9) for i in range(3)))
     log = MonitorLog(client, settings.job_ttl_s)
     assert [entry.job_id for entry in log.window(model, 1, 2)] == ["job2", "job1"]
     assert log.window(model, 1, 0) == []  # IMGQ_MONITOR_WINDOW=0 (off) caps a request at 0

@@ -5,9 +5,9 @@
   prediction worker only answers ``celery inspect ping`` and consumes once it can serve at full
   speed, which is what the readiness probe needs.
 * ``Housekeeping`` (webhooks workers): a thread that hands due webhooks to delivery tasks and
-  runs the reaper; one that sweeps datasets (``workers.dataset_sweep``) and one that checks
-  model versions for drift (``workers.drift_check``), each on its own interval so a slow run
-  never delays a webhook.
+  runs the reaper; and one each that sweeps datasets (``workers.dataset_sweep``), checks model
+  versions for drift (``workers.drift_check``) and applies rollout policies
+  (``workers.rollout``), each on its own interval so a slow run never delays a webhook.
 
 Both read the worker's context from ``worker.app``.
 """
@@ -31,6 +31,7 @@ from workers.dataset_sweep import sweep_datasets
 from workers.drift_check import check_drift
 from workers.metrics import serve_metrics
 from workers.reaper import reap
+from workers.rollout import run_policies
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Housekeeping(bootsteps.StartStopStep):
         settings = context.settings
         _every(settings.dataset_sweep_interval_s, lambda: sweep_datasets(context), self._stop)
         _every(settings.drift_check_interval_s, lambda: check_drift(context), self._stop)
+        _every(settings.rollout_check_interval_s, lambda: run_policies(worker.app), self._stop)
 
     def stop(self, worker: Any) -> None:
         """Stop; deliveries leased but unsent come back when their lease ends."""

@@ -6,11 +6,17 @@ announcement on Redis pub/sub, or the periodic check that backs it up), a watche
 and warms the new version beside the serving one and then switches: batches already running
 finish on the old version, the next batch picks the new one, and no job waits for a load. A
 version that fails to load leaves the old one serving and is logged and counted.
+
+A *canary* is learnt the same way: the watcher loads and warms the canary version first, and
+only then do unpinned jobs go to it, each with the canary's probability (a job's first image
+decides for all of them, as for any unpinned job). Until it is loaded, or once it is removed,
+every unpinned job gets the serving version, so a canary never fails a job.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +44,8 @@ class ModelCache:
         self.registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
         self._loaded: OrderedDict[tuple[str, int], Classifier] = OrderedDict()
         self._serving: dict[str, int] = {}
+        self._canaries: dict[str, tuple[int, float]] = {}  # model -> (version, traffic)
+        self._random = random.Random()  # noqa: S311 (splits traffic; nothing secret)
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
 
@@ -102,6 +110,7 @@ class ModelCache:
 
     def _evict(self) -> None:
         serving = {(model, version) for model, version in self._serving.items()}
+        serving |= {(model, version) for model, (version, _) in self._canaries.items()}
         for key in list(self._loaded):
             if len(self._loaded) <= self._settings.model_cache_size:
                 break
@@ -109,8 +118,12 @@ class ModelCache:
                 del self._loaded[key]
 
     def serving_version(self, model: str) -> int:
-        """The version unpinned jobs of ``model`` get; loads the active one on first use."""
+        """The version an unpinned job of ``model`` gets: the canary with its probability once
+        it is loaded, else the active one (loaded on first use)."""
         with self._lock:
+            canary = self._canaries.get(model)
+            if canary is not None and self._random.random() < canary[1]:
+                return canary[0]
             if model in self._serving:
                 return self._serving[model]
         version = self.registry.active_version(model)
@@ -121,11 +134,13 @@ class ModelCache:
             return self._serving[model]
 
     def refresh(self, model: str) -> None:
-        """Swap ``model`` to its active version if that changed; keep the old one on failure."""
+        """Swap ``model`` to its active version if that changed, and follow its canary; keep
+        what is serving on failure."""
         with self._lock:
             current = self._serving.get(model)
         try:
             wanted = self.registry.active_version(model)
+            self._refresh_canary(model, wanted)
             if wanted == current:
                 return
             self.get(model, wanted)
@@ -144,9 +159,37 @@ class ModelCache:
         ACTIVE_VERSION.labels(*model_labels(model)).set(wanted)
         logger.info("now serving", extra={"model": model, "version": wanted, "previous": current})
 
+    def _refresh_canary(self, model: str, active: int) -> None:
+        """Load the model's canary before it gets traffic; drop one that ended."""
+        canary = self.registry.canary(model)
+        if canary is None or canary["version"] == active:
+            with self._lock:
+                ended = self._canaries.pop(model, None)
+            if ended is not None:
+                logger.info("canary ended", extra={"model": model, "version": ended[0]})
+            return
+        version, traffic = int(canary["version"]), float(canary["traffic"])
+        try:
+            self.get(model, version)  # loaded and warmed before any job is sent to it
+        except ImgqError as exc:
+            MODEL_LOAD_FAILURES.labels(*model_labels(model)).inc()
+            logger.error(
+                "could not load the canary; unpinned jobs stay on the active version",
+                extra={"model": model, "canary": version, "error": str(exc)},
+            )
+            return
+        with self._lock:
+            previous = self._canaries.get(model)
+            self._canaries[model] = (version, traffic)
+        if previous != (version, traffic):
+            logger.info(
+                "canary serving", extra={"model": model, "version": version, "traffic": traffic}
+            )
+
     def _forget(self, model: str) -> None:
         with self._lock:
             self._serving.pop(model, None)
+            self._canaries.pop(model, None)
             for key in [key for key in self._loaded if key[0] == model]:
                 del self._loaded[key]
         logger.info("model deleted; no longer served", extra={"model": model})

@@ -27,6 +27,7 @@ from imgq.jobs.status import JobType
 from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_event
 from imgq.queueing import FINETUNE_TASK
 from ml.registry import ModelRegistry, split_model_id
+from ml.retrain import RETRAIN_PARAMETER
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.ingest import dataset_store, ingest_request
 from workers.long_jobs import LongJob, claim_long_job, run_watched
@@ -115,7 +116,17 @@ def _log_publication(
 
 
 TRAIN_PARAMETERS = frozenset(
-    {"model", "base", "image_size", "archive", "dataset", "dataset_version", "data_mode", "owner"}
+    {
+        "model",
+        "base",
+        "image_size",
+        "archive",
+        "dataset",
+        "dataset_version",
+        "data_mode",
+        "owner",
+        RETRAIN_PARAMETER,
+    }
 )
 """Job parameters that are not ``TrainConfig`` fields."""
 
@@ -142,6 +153,7 @@ def _train(context: WorkerContext, job: LongJob, archive: Path | None) -> dict[s
         image_limits=context.image_limits,
         sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
         activation_margin=settings.activation_margin,
+        retrain_of=params.get(RETRAIN_PARAMETER),
     )
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -122,7 +122,7 @@ class PredictImages:
         for result in results:
             top: dict[str, Any] = result.predictions[0] if result.predictions else {}
             label, score = str(top.get("label", "")), float(top.get("score", 0.0))
-            entry = window_entry(result.job_id, result.index, label, score)
+            entry = window_entry(result.job_id, result.index, label, score, now)
             self._store_prediction(
                 keys=[*job_keys(result.job_id), *keys],
                 args=[
