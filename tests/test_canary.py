@@ -21,7 +21,8 @@ MODEL = model_id("alice", "shop")
 
 
 def _labelled(correct: int, wrong: int, at: float = 10.0) -> list[tuple[str, str | None, float]]:
-    return [("a", "a", at)] * correct + [("a", "b", at)] * wrong
+    right: list[tuple[str, str | None, float]] = [("a", "a", at)] * correct
+    return right + [("a", "b", at)] * wrong
 
 
 def test_a_clearly_more_accurate_canary_is_better_with_the_wald_interval() -> None:
