@@ -144,12 +144,16 @@ class Settings(BaseSettings):
 
     webhook_allow_private: bool = False
     """Allow callback URLs on loopback and private networks (local runs and tests only)."""
+    webhook_allowed_ports: str = Field(default="80,443", pattern=r"^\s*\d+\s*(,\s*\d+\s*)*$")
+    """Ports callback URLs may use (comma-separated; any port when ``webhook_allow_private``)."""
     webhook_retry_schedule_s: str = "0,30,120,600,1800,3600,5400,7200"
     """Delays before each delivery attempt (comma-separated seconds; jittered by 20 %)."""
     webhook_connect_timeout_s: float = Field(default=3.0, gt=0)
     """Connect timeout of a delivery."""
     webhook_read_timeout_s: float = Field(default=10.0, gt=0)
     """Read timeout of a delivery."""
+    webhook_attempt_deadline_s: float = Field(default=20.0, gt=0)
+    """Longest one delivery attempt may take, start to end, whatever the receiver does."""
 
     export_accuracy_margin: float = Field(default=0.02, ge=0, le=1)
     """Accuracy a quantized export may lose on the test split and still pass (0.02 = 2 points)."""
@@ -182,6 +186,18 @@ class Settings(BaseSettings):
     def webhook_schedule(self) -> list[float]:
         """``webhook_retry_schedule_s`` as numbers: one delay per attempt."""
         return [float(part) for part in self.webhook_retry_schedule_s.split(",") if part.strip()]
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _ports_in_range(cls, value: str) -> str:
+        if any(not 1 <= int(part) <= 65535 for part in value.split(",")):
+            raise ValueError("ports must be between 1 and 65535")
+        return value
+
+    @property
+    def webhook_ports(self) -> frozenset[int]:
+        """``webhook_allowed_ports`` as a set of port numbers."""
+        return frozenset(int(part) for part in self.webhook_allowed_ports.split(","))
 
     @property
     def celery_broker_url(self) -> str:

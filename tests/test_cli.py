@@ -9,12 +9,23 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from imgq.client.cli import SPARK_BARS, SPARK_GAP, main, sparkline
+from imgq.client.cli import (
+    SPARK_BARS,
+    SPARK_GAP,
+    build_parser,
+    cmd_canary,
+    cmd_retrain,
+    main,
+    sparkline,
+)
+from imgq.client.http import ImgqClient
 from imgq.local.supervisor import REPO, Service
 from tests.support.datasets import make_dataset_zip
 from tests.support.http import credentials, http, wait_for_job
@@ -198,3 +209,132 @@ def test_sparkline_draws_accuracies_from_the_lowest_to_the_highest_bar() -> None
     assert sparkline([None, 0.0, 0.5, 1.0, None]) == "·▁▅█·"
     assert sparkline([]) == ""
     assert sparkline([1.2, -0.1]) == "█▁"  # out of range: clamped
+
+
+def test_events_lists_the_models_history_newest_first_as_a_table_and_as_json(
+    api_server: str,
+) -> None:
+    changed = http.request("PATCH", f"{api_server}/models/imagenet", json={"retain_images": False})
+    assert changed.status_code == 200, changed.text
+    table = imgq(api_server, "events", "imagenet", "--limit", "5")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["time", "event", "by", "version", "reason"]
+    newest = lines[1].split()  # the settings change (other tests' events are older)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", newest[0]) and re.fullmatch(r"[\d:]{8}Z", newest[1])
+    assert newest[2:] == ["settings_changed", "admin"]
+    assert len(lines) <= 6  # the header and --limit rows
+    document = json.loads(imgq(api_server, "--json", "events", "imagenet", "--limit", "1").stdout)
+    (event,) = document["events"]
+    assert event["event"] == "settings_changed" and event["details"] == {"retain_images": False}
+    assert "next_cursor" in document
+    missing = imgq(api_server, "events", "nope")
+    assert missing.returncode == 1 and "model_not_found" in missing.stderr
+
+
+def test_policy_is_set_from_key_value_pairs_shown_and_turned_off(api_server: str) -> None:
+    try:
+        table = imgq(
+            api_server, "policy", "imagenet", "--set", "promote=auto", "--set", "canary_traffic=0.2"
+        )
+        assert table.returncode == 0, table.stderr
+        rows = dict(line.split() for line in table.stdout.splitlines()[1:])
+        assert rows["promote"] == "auto" and rows["canary_traffic"] == "0.2"
+        assert rows["retrain_on_drift"] == "false"  # the server's defaults for the others
+        shown = imgq(api_server, "--json", "policy", "imagenet")
+        assert shown.returncode == 0, shown.stderr
+        policy = json.loads(shown.stdout)
+        assert policy["promote"] == "auto" and policy["canary_traffic"] == 0.2
+        events = json.loads(imgq(api_server, "--json", "events", "imagenet", "--limit", "1").stdout)
+        assert events["events"][0]["event"] == "policy_changed"
+        unknown = imgq(api_server, "policy", "imagenet", "--set", "nope=1")
+        assert unknown.returncode == 1 and "validation_error" in unknown.stderr
+        malformed = imgq(api_server, "policy", "imagenet", "--set", "promote")
+        assert malformed.returncode == 2 and "KEY=VALUE" in malformed.stderr
+        off = imgq(api_server, "policy", "imagenet", "--off")
+        assert off.returncode == 0 and "rollout policy off" in off.stdout, off.stderr
+        gone = imgq(api_server, "policy", "imagenet")
+        assert gone.returncode == 1 and "has no rollout policy" in gone.stderr
+        assert "HTTP 404" in gone.stderr
+    finally:
+        http.request("DELETE", f"{api_server}/models/imagenet/policy")
+
+
+def test_canary_and_retrain_refuse_what_the_builtin_model_cannot_do(api_server: str) -> None:
+    active = imgq(api_server, "canary", "imagenet", "1", "--traffic", "0.2")
+    assert active.returncode == 1 and "version_is_active" in active.stderr, active.stderr
+    not_running = imgq(api_server, "canary", "imagenet", "1", "--stop")
+    assert not_running.returncode == 1 and "is not in canary" in not_running.stderr
+    usage = imgq(api_server, "canary", "imagenet", "1")  # --traffic or --stop
+    assert usage.returncode == 2
+    builtin = imgq(api_server, "retrain", "imagenet", "--epochs", "1")
+    assert builtin.returncode == 1 and "invalid_base" in builtin.stderr, builtin.stderr
+
+
+def test_policy_values_are_read_as_numbers_words_or_text() -> None:
+    pairs = ["a=3", "b=0.5", "c=true", "d=null", "e=auto", "f=nan", "g=a=b"]
+    parsed = build_parser().parse_args(["policy", "m", *[f"--set={p}" for p in pairs]])
+    assert dict(parsed.set) == {
+        "a": 3,
+        "b": 0.5,
+        "c": True,
+        "d": None,
+        "e": "auto",
+        "f": "nan",
+        "g": "a=b",
+    }
+
+
+class StubClient(ImgqClient):
+    """Answers ``imgq retrain --wait`` and ``imgq canary`` as the server would, without one (a
+    retrain that succeeds, or a second version, needs training)."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:9", "key")
+        self.sent: dict[str, Any] = {}
+
+    def retrain(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        self.sent = overrides
+        return {"id": "job-1", "status": "queued"}
+
+    def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
+        new = {"since_version": 1, "images": 3, "per_class": {"cat": 2, "dog": 1}}
+        result = {
+            "model": "pets",
+            "version": 2,
+            "metrics": {"accuracy": 0.875},
+            "activated": False,
+            "activation_reason": "a retrain is never activated on its own",
+            "retrain": {"parent_version": 1, "new_images": {**new, "per_source": {"feedback": 3}}},
+        }
+        yield {"id": job_id, "status": "succeeded", "error": None, "result": result}
+
+    def start_canary(self, name: str, version: int, traffic: float) -> dict[str, Any]:
+        canary = {"version": version, "traffic": traffic, "started_at": 0.0, "by": "alice"}
+        return {"name": name, "active_version": 1, "canary": canary}
+
+
+def test_retrain_wait_and_canary_show_the_new_version_and_the_canary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = StubClient()
+    args = build_parser().parse_args(["retrain", "pets", "--epochs", "2", "--force", "--wait"])
+    assert cmd_retrain(client, args) is None
+    assert client.sent == {"epochs": 2, "force": True}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pets v2: accuracy 0.875, activated false (")
+    assert lines[1] == "new images since dataset v1: 3"
+    assert [line.split() for line in lines if line.startswith(("cat", "dog", "feedback"))] == [
+        ["cat", "2"],
+        ["dog", "1"],
+        ["feedback", "3"],
+    ]
+    queued = cmd_retrain(client, build_parser().parse_args(["retrain", "pets"]))
+    assert queued is None and client.sent == {}
+    assert capsys.readouterr().out == "pets: retrain queued as job job-1\n"
+    canary = build_parser().parse_args(["canary", "pets", "2", "--traffic", "0.125"])
+    assert cmd_canary(client, canary) is None
+    assert capsys.readouterr().out == (
+        "pets: version 2 in canary with 12.5% of unpinned jobs (active version 1), "
+        "since 1970-01-01 00:00:00Z by alice\n"
+    )

@@ -10,13 +10,18 @@ connection goes to the address that was checked, never to a second DNS answer.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
+import socket
+import threading
 import time
 from typing import Any
 
 import urllib3
 from celery import Task
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from imgq.api_keys import KeyRing
 from imgq.errors import InvalidCallbackUrl
@@ -34,34 +39,54 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "imgq-webhooks/1"
 
 
-def _post(settings: Settings, target: CallbackTarget, body: bytes, headers: dict[str, str]) -> int:
-    """One POST to the checked address; returns the status code."""
-    timeout = urllib3.Timeout(
-        connect=settings.webhook_connect_timeout_s, read=settings.webhook_read_timeout_s
-    )
-    options: dict[str, Any] = {"timeout": timeout, "retries": False, "maxsize": 1}
-    pool: urllib3.HTTPConnectionPool
+def _connection(settings: Settings, target: CallbackTarget) -> HTTPConnection:
+    """A connection to the checked address (never a second DNS answer), TLS checked against
+    the URL's host name."""
+    timeout = max(settings.webhook_connect_timeout_s, settings.webhook_read_timeout_s)
     if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
+        return HTTPSConnection(
             target.address,
             target.port,
+            timeout=timeout,
             server_hostname=target.host,
             assert_hostname=target.host,
-            **options,
         )
-    else:
-        pool = urllib3.HTTPConnectionPool(target.address, target.port, **options)
-    with pool:
-        host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
-        response = pool.urlopen(
+    return HTTPConnection(target.address, target.port, timeout=timeout)
+
+
+def _post(settings: Settings, target: CallbackTarget, body: bytes, headers: dict[str, str]) -> int:
+    """One POST to the checked address; returns the status code.
+
+    Only the status line and headers are read, never the body, and a watchdog shuts the
+    socket once ``IMGQ_WEBHOOK_ATTEMPT_DEADLINE_S`` has passed: a receiver that streams
+    gigabytes costs nothing, and one that trickles a byte every few seconds (each within the
+    read timeout) still ends the attempt on time.
+    """
+    connection = _connection(settings, target)
+    host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+
+    def give_up() -> None:
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv, unlike close()
+
+    watchdog = threading.Timer(settings.webhook_attempt_deadline_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.request(
             "POST",
             target.target,
             body=body,
-            redirect=False,
             headers={**headers, "Host": host},
-            preload_content=True,
+            preload_content=False,  # the body is never read
         )
+        response = connection.getresponse()
         return int(response.status)
+    finally:
+        watchdog.cancel()
+        connection.close()
 
 
 def _source(context: WorkerContext, delivery_id: str) -> tuple[dict[str, str], bytes]:
@@ -85,12 +110,19 @@ def _attempt(
     settings = context.settings
     timestamp = str(int(time.time()))
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+    secret = keys.webhook_secret(delivery.client)
+    if not secret:  # an empty key would sign with nothing anyone could verify
+        return AttemptOutcome.FAILED, {
+            "at": time.time(),
+            "error": f"client {delivery.client!r} has no webhook secret; deliveries are only "
+            "sent signed",
+        }
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Imgq-Event-Id": delivery.event_id,
         "Imgq-Timestamp": timestamp,
-        "Imgq-Signature": sign(keys.webhook_secret(delivery.client) or "", timestamp, body),
+        "Imgq-Signature": sign(secret, timestamp, body),
     }
     started = time.monotonic()
     record: dict[str, Any] = {"at": time.time()}
@@ -101,7 +133,7 @@ def _attempt(
         outcome = AttemptOutcome.of_status(status)
     except InvalidCallbackUrl as exc:
         record["error"], outcome = exc.message, AttemptOutcome.FAILED
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
         record["error"], outcome = f"{type(exc).__name__}: {exc}", AttemptOutcome.RETRY
     record["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
     return outcome, record

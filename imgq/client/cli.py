@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,10 @@ NONE = "—"
 """How a number the server did not compute (null) is shown."""
 CLASS_ROWS = 20
 """Classes ``imgq monitor`` lists at most (the most predicted first; ``--json`` has all)."""
+REASON_WIDTH = 60
+"""Characters of an event's reason ``imgq events`` shows at most (``--json`` has it all)."""
+WORDS = {"true": True, "false": False, "null": None}
+"""Values of ``imgq policy --set KEY=VALUE`` read as JSON's words rather than as text."""
 
 
 def _print_json(document: Any) -> None:
@@ -69,6 +74,29 @@ def cmd_predict(client: ImgqClient, args: argparse.Namespace) -> Any:
     return None
 
 
+def _follow_training(client: ImgqClient, job_id: str, quiet: bool) -> dict[str, Any]:
+    """Follow a fine-tune job as a progress bar (none when ``quiet``) until it ends; its last
+    document, or an ``ApiError`` when it did not succeed."""
+    with tqdm(total=1, unit="epoch", desc="queued", disable=quiet, file=sys.stderr) as bar:
+        for document in client.follow(job_id):
+            progress = document.get("progress") or {}
+            if progress:
+                bar.total = progress["total_epochs"]
+                bar.set_description(progress["phase"])
+                bar.update(progress["epoch"] - bar.n)
+                bar.set_postfix(
+                    {k: progress[k] for k in ("loss", "val_accuracy", "eta_s") if k in progress}
+                )
+    if document["status"] != "succeeded":
+        error = document.get("error") or {}
+        raise ApiError(
+            0,
+            error.get("code", document["status"]),
+            f"job {document['id']} {document['status']}: {error.get('message', '')}",
+        )
+    return document
+
+
 def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
     """Zip the folder and upload it with a progress bar (or name a stored dataset), then follow
     training as a progress bar."""
@@ -106,23 +134,7 @@ def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
             job = client.finetune(archive, fields, sent)
     if not args.wait:
         return job
-    with tqdm(total=1, unit="epoch", desc="queued", disable=quiet, file=sys.stderr) as bar:
-        for document in client.follow(job["id"]):
-            progress = document.get("progress") or {}
-            if progress:
-                bar.total = progress["total_epochs"]
-                bar.set_description(progress["phase"])
-                bar.update(progress["epoch"] - bar.n)
-                bar.set_postfix(
-                    {k: progress[k] for k in ("loss", "val_accuracy", "eta_s") if k in progress}
-                )
-    if document["status"] != "succeeded":
-        error = document.get("error") or {}
-        raise ApiError(
-            0,
-            error.get("code", document["status"]),
-            f"job {document['id']} {document['status']}: {error.get('message', '')}",
-        )
+    document = _follow_training(client, job["id"], quiet)
     if quiet:
         return document
     result = document["result"]
@@ -195,7 +207,7 @@ def cmd_datasets(client: ImgqClient, args: argparse.Namespace) -> Any:
 
 
 def _created(unix_time: float) -> str:
-    """A version's creation time as people read it (UTC, to the second)."""
+    """A Unix time (a version's creation, an event) as people read it (UTC, to the second)."""
     return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
@@ -361,6 +373,139 @@ def cmd_monitor(client: ImgqClient, args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_retrain(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Queue a retrain of a model on its grown dataset; with --wait, follow its training and
+    show the new version and the images that are new to it."""
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in (("epochs", args.epochs), ("fine_tune_epochs", args.fine_tune_epochs))
+        if v is not None
+    }
+    if args.force:
+        overrides["force"] = True
+    job = client.retrain(args.name, overrides)
+    if not args.wait:
+        if args.json:
+            return job
+        print(f"{args.name}: retrain queued as job {job['id']}")
+        return None
+    document = _follow_training(client, job["id"], args.json)
+    if args.json:
+        return document
+    result = document["result"]
+    print(
+        f"{result['model']} v{result['version']}: accuracy {result['metrics']['accuracy']:.3f}"
+        f", activated {str(result['activated']).lower()} ({result['activation_reason']})"
+    )
+    new = (result.get("retrain") or {}).get("new_images") or {}
+    since = new.get("since_version")
+    after = "" if since is None else f" since dataset v{since}"
+    print(f"new images{after}: {new.get('images', 0)}")
+    for kind, counts in (("class", new.get("per_class")), ("source", new.get("per_source"))):
+        if counts:
+            print()
+            _table([[key, count] for key, count in counts.items()], [kind, "new images"])
+    return None
+
+
+def _canary_state(model: Mapping[str, Any]) -> str:
+    """A line on the model's canary: which version, its share of traffic, since when and by."""
+    canary = model.get("canary")
+    active = model.get("active_version")
+    if canary is None:
+        return f"{model['name']}: no canary; unpinned jobs go to the active version {active}"
+    return (
+        f"{model['name']}: version {canary['version']} in canary with "
+        f"{canary['traffic'] * 100:g}% of unpinned jobs (active version {active}), since "
+        f"{_created(canary['started_at'])} by {canary.get('by') or NONE}"
+    )
+
+
+def cmd_canary(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Send a share of the model's unpinned jobs to a version, or end its canary; then show
+    the model's canary."""
+    if args.stop:
+        client.stop_canary(args.name, args.version)
+        model = client.model(args.name)
+    else:
+        model = client.start_canary(args.name, args.version, args.traffic)
+    if args.json:
+        return model
+    print(_canary_state(model))
+    return None
+
+
+def _value(text: str) -> Any:
+    """A policy value from its text: an int, a finite float, true/false/null, or the text."""
+    if text.lower() in WORDS:
+        return WORDS[text.lower()]
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            return number
+    return text
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as a key and its value (``_value``); a usage error otherwise."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _value(value.strip())
+
+
+def _setting(value: Any) -> str:
+    """A policy value for a table, as it is written with --set (``—`` for null)."""
+    if value is None:
+        return NONE
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def cmd_policy(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """Show the model's rollout policy, set it from KEY=VALUE pairs, or turn it off."""
+    if args.off:
+        client.delete_policy(args.name)
+        if args.json:
+            _print_json(None)  # the policy there now is none
+        else:
+            print(f"{args.name}: rollout policy off")
+        return None
+    policy = client.set_policy(args.name, dict(args.set)) if args.set else client.policy(args.name)
+    if args.json:
+        return policy
+    _table([[key, _setting(value)] for key, value in policy.items()], ["setting", "value"])
+    return None
+
+
+def _clip(text: str | None, width: int = REASON_WIDTH) -> str:
+    """Text on one line of at most ``width`` characters (``…`` where it was cut)."""
+    line = " ".join((text or "").split())
+    return line if len(line) <= width else f"{line[: width - 1]}…"
+
+
+def cmd_events(client: ImgqClient, args: argparse.Namespace) -> Any:
+    """List the model's events (publishes, activations, canaries, policy changes), newest
+    first."""
+    page = client.events(args.name, args.limit)
+    if args.json:
+        return page
+    rows = [
+        [
+            _created(e["at"]),
+            e["event"],
+            e.get("by") or "",
+            "" if e.get("version") is None else e["version"],
+            _clip(e.get("reason")),
+        ]
+        for e in page["events"]
+    ]
+    _table(rows, ["time", "event", "by", "version", "reason"])
+    return None
+
+
 def _monitor_arguments(monitor: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the arguments of ``imgq monitor`` to its parser, and return it."""
     monitor.add_argument("name", metavar="MODEL")
@@ -371,6 +516,54 @@ def _monitor_arguments(monitor: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--window", type=int, default=1000, help="newest predictions to test (default 1000)"
     )
     return monitor
+
+
+def _retrain_arguments(retrain: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``imgq retrain`` to its parser, and return it."""
+    retrain.add_argument("name", metavar="MODEL")
+    retrain.add_argument("--epochs", type=int, help="default: the active version's")
+    retrain.add_argument("--fine-tune-epochs", type=int, help="default: the active version's")
+    retrain.add_argument(
+        "--force", action="store_true", help="retrain even when the dataset has not changed"
+    )
+    retrain.add_argument("--wait", action="store_true", help="follow the training")
+    return retrain
+
+
+def _canary_arguments(canary: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``imgq canary`` to its parser, and return it."""
+    canary.add_argument("name", metavar="MODEL")
+    canary.add_argument("version", type=int, metavar="VERSION")
+    action = canary.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--traffic", type=float, help="share of the unpinned jobs the version gets (0 < t <= 0.5)"
+    )
+    action.add_argument("--stop", action="store_true", help="end the version's canary")
+    return canary
+
+
+def _policy_arguments(policy: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``imgq policy`` to its parser, and return it."""
+    policy.add_argument("name", metavar="MODEL")
+    action = policy.add_mutually_exclusive_group()
+    action.add_argument(
+        "--set",
+        action="append",
+        type=_assignment,
+        metavar="KEY=VALUE",
+        help="replace the policy with these settings (the others take their defaults): "
+        "retrain_after_feedback, retrain_on_drift, canary_traffic, promote, "
+        "min_canary_feedback, max_canary_hours",
+    )
+    action.add_argument("--off", action="store_true", help="turn the policy off")
+    return policy
+
+
+def _events_arguments(events: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``imgq events`` to its parser, and return it."""
+    events.add_argument("name", metavar="MODEL")
+    events.add_argument("--limit", type=int, default=20, help="newest events (default 20)")
+    return events
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -444,9 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("-o", "--output", required=True)
     export.set_defaults(run=cmd_export)
-    _monitor_arguments(
-        commands.add_parser("monitor", help="show a version's drift and online accuracy")
-    ).set_defaults(run=cmd_monitor)
+    for command, summary, arguments, run in (
+        ("monitor", "show a version's drift and online accuracy", _monitor_arguments, cmd_monitor),
+        ("retrain", "retrain a model on its grown dataset", _retrain_arguments, cmd_retrain),
+        ("canary", "start, change or stop a version's canary", _canary_arguments, cmd_canary),
+        ("policy", "show, set or turn off a model's rollout policy", _policy_arguments, cmd_policy),
+        ("events", "list a model's events, newest first", _events_arguments, cmd_events),
+    ):
+        arguments(commands.add_parser(command, help=summary)).set_defaults(run=run)
     return parser
 
 

@@ -148,6 +148,42 @@ class ImgqClient:
         """Make ``version`` the active one (admin keys only)."""
         return dict(self._call("POST", f"/models/{name}/versions/{version}/activate"))
 
+    def retrain(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Queue a retrain of the model on its grown dataset, with these training overrides
+        (``epochs``, ``fine_tune_epochs``, ``force``...); it is never activated on its own."""
+        return dict(self._call("POST", f"/models/{name}/retrain", json=overrides))
+
+    def start_canary(self, name: str, version: int, traffic: float) -> dict[str, Any]:
+        """Send ``traffic`` of the model's unpinned jobs to ``version``; the model's document."""
+        return dict(
+            self._call(
+                "POST", f"/models/{name}/versions/{version}/canary", json={"traffic": traffic}
+            )
+        )
+
+    def stop_canary(self, name: str, version: int) -> None:
+        """End the model's canary of ``version``."""
+        self._call("DELETE", f"/models/{name}/versions/{version}/canary")
+
+    def policy(self, name: str) -> dict[str, Any]:
+        """The model's rollout policy (an ``ApiError`` of HTTP 404 when it has none)."""
+        return dict(self._call("GET", f"/models/{name}/policy"))
+
+    def set_policy(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Replace the model's rollout policy; the policy as stored (with its defaults)."""
+        return dict(self._call("PUT", f"/models/{name}/policy", json=policy))
+
+    def delete_policy(self, name: str) -> None:
+        """Turn the model's rollout policy off."""
+        self._call("DELETE", f"/models/{name}/policy")
+
+    def events(self, name: str, limit: int, cursor: str | None = None) -> dict[str, Any]:
+        """A page of the model's event log, newest first (``events`` and ``next_cursor``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return dict(self._call("GET", f"/models/{name}/events", params=params))
+
 
 def zip_dataset(folder: Path) -> bytes:
     """Zip a folder of class sub-folders (or ``train/``, ``validation/``, ``test/``) of images."""

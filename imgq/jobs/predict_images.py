@@ -120,9 +120,11 @@ class PredictImages:
         keys = [redis_keys.monitor_window(model_id, version), redis_keys.MONITORED_VERSIONS]
         pipe = self._redis.pipeline(transaction=False)
         for result in results:
-            top: dict[str, Any] = result.predictions[0] if result.predictions else {}
-            label, score = str(top.get("label", "")), float(top.get("score", 0.0))
-            entry = window_entry(result.job_id, result.index, label, score, now)
+            entry = ""
+            if window:
+                top: dict[str, Any] = result.predictions[0] if result.predictions else {}
+                label, score = str(top.get("label", "")), float(top.get("score", 0.0))
+                entry = window_entry(result.job_id, result.index, label, score, now)
             self._store_prediction(
                 keys=[*job_keys(result.job_id), *keys],
                 args=[
@@ -134,7 +136,7 @@ class PredictImages:
                     redis_keys.JOBS_DONE_CHANNEL,
                     head,
                     tail,
-                    entry if window else "",
+                    entry,
                     window,
                     f"{model_id}:{version}",
                 ],
