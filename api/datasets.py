@@ -164,7 +164,7 @@ def submit_ingest(name: str) -> tuple[dict[str, Any], int, dict[str, str]] | Res
     dataset = dataset_id(name, form.pop("owner", None))
     callback = form.pop("callback_url", None)
     if callback is not None:
-        check_callback_url(callback, svc.settings.webhook_allow_private)
+        check_callback_url(callback, svc.settings.webhook_allow_private, svc.settings.webhook_ports)
     job_id = new_job_id()
     path, digest = save_upload(job_id)
     params = {"dataset": dataset, "data_mode": form["data_mode"].value, "seed": form["seed"]}

@@ -112,7 +112,9 @@ def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
     params["base"] = resolve_base(params["base"])  # 404 for a model:version the caller lacks
     params.setdefault("image_size", BACKBONE_SIZES.get(params["base"], 224))
     if "callback_url" in params:
-        check_callback_url(params["callback_url"], svc.settings.webhook_allow_private)
+        check_callback_url(
+            params["callback_url"], svc.settings.webhook_allow_private, svc.settings.webhook_ports
+        )
     mode: DataMode = params.pop("data_mode")
     name, reference = params.pop("dataset_name", None), params.pop("dataset_version", None)
     if not has_upload():

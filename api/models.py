@@ -74,7 +74,10 @@ def update_model(changes: dict[str, Any], name: str) -> dict[str, Any]:
     }
     if settings:
         if settings.get("callback_url") is not None:
-            check_callback_url(settings["callback_url"], services().settings.webhook_allow_private)
+            config = services().settings
+            check_callback_url(
+                settings["callback_url"], config.webhook_allow_private, config.webhook_ports
+            )
         registry.update_model_settings(model, settings)
         registry.record_event(
             model,

@@ -122,7 +122,7 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     version_of(model, options.get("version"))  # 404 now for unknown models or versions
     callback = options.get("callback_url")
     if callback is not None:
-        check_callback_url(callback, svc.settings.webhook_allow_private)
+        check_callback_url(callback, svc.settings.webhook_allow_private, svc.settings.webhook_ports)
     retain = _retains(model, options.pop("retain", None))
     job_id = new_job_id()
     content = json.dumps({**options, "model": model, "retain": retain}, sort_keys=True)

@@ -63,7 +63,7 @@ def retrain_model(
     force = body.pop("force")
     callback = body.pop("callback_url", None)
     if callback is not None:
-        check_callback_url(callback, svc.settings.webhook_allow_private)
+        check_callback_url(callback, svc.settings.webhook_allow_private, svc.settings.webhook_ports)
     params = retrain_params(svc.registry, svc.datasets, model, body, force=force)
     job_id = new_job_id()
     replay = replay_or_claim(fingerprint(json.dumps(params, sort_keys=True)), job_id)

@@ -816,3 +816,53 @@ def test_the_example_alert_rules_use_only_series_the_api_exports() -> None:
     assert all(
         rule["labels"]["severity"] and rule["for"] for g in rules["groups"] for rule in g["rules"]
     )
+
+
+REQUIRED_EGRESS_EXCEPTIONS = {
+    "0.0.0.0/0": {
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+    },
+    "::/0": {"fc00::/7", "fe80::/10", "::1/128"},
+}
+"""Ranges the webhooks pods must never reach: private, link-local (metadata), CGNAT, loopback."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhooks_pods_reach_only_dns_redis_and_public_addresses(overlay: str) -> None:
+    import ipaddress
+
+    from imgq.webhooks.callback_urls import refusal
+
+    manifests = rendered(overlay)
+    policy = one(manifests, "NetworkPolicy", "imgq-webhooks-egress")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    selected = [w for w in workloads(manifests) if selects(spec["podSelector"], template_labels(w))]
+    assert [w["metadata"]["name"] for w in selected] == ["imgq-webhooks-worker"]
+    redis = one(manifests, "StatefulSet", "imgq-redis")
+    blocks: dict[str, set[str]] = {}
+    for rule in spec["egress"]:
+        ports = {(port["protocol"], port["port"]) for port in rule["ports"]}
+        peers = rule["to"]
+        if all("ipBlock" in peer for peer in peers):
+            assert ports == {("TCP", 80), ("TCP", 443)}
+            for peer in peers:
+                cidr, excepted = peer["ipBlock"]["cidr"], peer["ipBlock"].get("except", [])
+                network = ipaddress.ip_network(cidr)
+                assert all(ipaddress.ip_network(e).subnet_of(network) for e in excepted)  # type: ignore[arg-type]
+                # Everything excepted is also refused by the callback URL check.
+                assert all(refusal(ipaddress.ip_network(e).network_address) for e in excepted)
+                blocks[cidr] = set(excepted)
+        elif ports == {("TCP", 6379)}:
+            assert all(selects(peer["podSelector"], template_labels(redis)) for peer in peers)
+            assert not any("namespaceSelector" in peer for peer in peers)
+        else:
+            assert ports == {("UDP", 53), ("TCP", 53)}, rule
+    assert set(blocks) == set(REQUIRED_EGRESS_EXCEPTIONS)
+    for cidr, required in REQUIRED_EGRESS_EXCEPTIONS.items():
+        assert required <= blocks[cidr], (cidr, required - blocks[cidr])

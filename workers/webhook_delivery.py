@@ -127,7 +127,9 @@ def _attempt(
     started = time.monotonic()
     record: dict[str, Any] = {"at": time.time()}
     try:
-        target = check_callback_url(delivery.url, settings.webhook_allow_private)
+        target = check_callback_url(
+            delivery.url, settings.webhook_allow_private, settings.webhook_ports
+        )
         status = _post(settings, target, body, headers)
         record["status_code"] = status
         outcome = AttemptOutcome.of_status(status)
