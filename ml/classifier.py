@@ -131,6 +131,6 @@ def load_classifier(
             version.backbone.removeprefix("efficientnet_"), weights_dir, lite_checkpoint
         )
     else:
-        model = keras.saving.load_model(version_dir / "model.keras", compile=False)
+        model = keras.saving.load_model(version_dir / "model.keras", compile=False, safe_mode=True)
     logger.info("loaded model %s v%s", version.name, version.version)
     return Classifier(version, model, max_batch, lanes=lanes, lane_batch=lane_batch)

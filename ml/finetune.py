@@ -99,7 +99,9 @@ def resolve_backbone(request: FinetuneRequest, registry: ModelRegistry) -> tuple
             version.backbone
         )
     saved = keras.saving.load_model(
-        registry.local_version_dir(name, version.version) / "model.keras", compile=False
+        registry.local_version_dir(name, version.version) / "model.keras",
+        compile=False,
+        safe_mode=True,
     )
     return saved.get_layer("backbone"), version.backbone
 
@@ -186,7 +188,9 @@ def _compare_with_active(
             f"classes differ from active version {active.version}; activate it explicitly to switch"
         )
     saved = keras.saving.load_model(
-        registry.local_version_dir(request.model, active.version) / "model.keras", compile=False
+        registry.local_version_dir(request.model, active.version) / "model.keras",
+        compile=False,
+        safe_mode=True,
     )
     if saved.input_shape[1:3] != test[0].shape[1:3]:
         return False, f"active version {active.version} takes another image size"

@@ -216,7 +216,7 @@ class ModelRegistry(StoreFiles):
             VersionNotFound: the model has no such version.
         """
         number = self.active_version(name) if version is None else version
-        text = self._read(self._path(name, number, "meta.json"))
+        text = self._read(posixpath.join(self._model_path(name), str(number), "meta.json"))
         if text is None:
             if not self.fs.exists(self._model_path(name)):
                 raise ModelNotFound(f"No model named {name!r}.", {"model": name})
@@ -227,7 +227,11 @@ class ModelRegistry(StoreFiles):
 
     def read_file(self, name: str, version: int, file_name: str) -> bytes:
         """One file of a version (an artifact), wherever the store is."""
-        return bytes(self.fs.cat_file(self._path(name, version, file_name)))
+        if "/" in file_name or file_name.startswith("."):
+            raise VersionNotFound(f"No file {file_name!r} in the version.", {"file": file_name})
+        return bytes(
+            self.fs.cat_file(posixpath.join(self._model_path(name), str(version), file_name))
+        )
 
     def save_export(self, name: str, version: int, export: Path, report: dict[str, Any]) -> None:
         """Store an export file and its report beside the version (the report last)."""

@@ -53,7 +53,7 @@ def _export(context: WorkerContext, model: str, version: int, fmt: str) -> dict[
     if meta.kind != "trained":
         raise ExportNotSupported(f"{model} v{version} is built in; only trained versions export.")
     folder = registry.local_version_dir(model, version)
-    keras_model = keras.saving.load_model(folder / "model.keras", compile=False)
+    keras_model = keras.saving.load_model(folder / "model.keras", compile=False, safe_mode=True)
     with tempfile.TemporaryDirectory() as scratch:
         report = export_version(
             keras_model,

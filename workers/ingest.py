@@ -22,7 +22,7 @@ from ml.dataset_store import DatasetStore
 from ml.registry import split_model_id
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.long_jobs import LongJob, claim_long_job, run_watched
-from workers.outcomes import succeed_job
+from workers.outcomes import fail_job, succeed_job
 
 
 def ingest_request(context: WorkerContext, job: LongJob, archive: Path) -> IngestRequest:
@@ -46,6 +46,29 @@ def ingest_request(context: WorkerContext, job: LongJob, archive: Path) -> Inges
     )
 
 
+def upload_path(context: WorkerContext, job: LongJob) -> Path | None:
+    """The upload a job names, or None (with the job failed) when it is not a file of the
+    uploads directory: whoever can write a job record must not make a worker read, or delete,
+    any other file."""
+    raw = job.params.get("archive")
+    if not raw:
+        return None
+    path, root = Path(raw).resolve(), context.settings.upload_dir.resolve()
+    if path.parent != root:
+        fail_job(
+            context.jobs,
+            job.job_type,
+            job.job_id,
+            InternalError("The job names an upload outside the uploads directory."),
+        )
+        raise UploadRefused(str(path))
+    return path
+
+
+class UploadRefused(Exception):
+    """A job named an upload outside the uploads directory (the job has been failed)."""
+
+
 def dataset_store(context: WorkerContext) -> DatasetStore:
     """The datasets on this worker's model store."""
     return DatasetStore(context.settings.model_store)
@@ -56,7 +79,13 @@ def run_ingest_job(context: WorkerContext, job_id: str) -> None:
     job = claim_long_job(context, JobType.INGEST, job_id)
     if job is None:
         return
-    archive = Path(job.params["archive"])
+    try:
+        archive = upload_path(context, job)
+    except UploadRefused:
+        return
+    if archive is None:
+        fail_job(context.jobs, JobType.INGEST, job_id, InternalError("The job has no upload."))
+        return
     try:
         request = ingest_request(context, job, archive)
         context.settings.upload_dir.mkdir(parents=True, exist_ok=True)

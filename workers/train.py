@@ -29,7 +29,7 @@ from imgq.queueing import FINETUNE_TASK
 from ml.registry import ModelRegistry, split_model_id
 from ml.retrain import RETRAIN_PARAMETER
 from workers.context import WorkerApp, WorkerContext, context_of
-from workers.ingest import dataset_store, ingest_request
+from workers.ingest import UploadRefused, dataset_store, ingest_request, upload_path
 from workers.long_jobs import LongJob, claim_long_job, run_watched
 from workers.metrics import FINETUNE_SECONDS, serve_metrics
 from workers.outcomes import cancel_running_job, succeed_job
@@ -65,7 +65,10 @@ def run_finetune_job(context: WorkerContext, job_id: str) -> None:
     job = claim_long_job(context, JobType.FINETUNE, job_id)
     if job is None:
         return
-    archive = Path(job.params["archive"]) if job.params.get("archive") else None
+    try:
+        archive = upload_path(context, job)
+    except UploadRefused:
+        return
     started = time.monotonic()
     try:
         ok, result = run_watched(job, lambda: _train(context, job, archive), TrainingFailed())
