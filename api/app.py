@@ -22,9 +22,10 @@ from api import (
 )
 from api.auth import install_auth
 from api.errors import ImgqApi, register_error_handlers
+from api.quotas import install_rate_limit
 from api.services import Services
 from api.waiters import JobWaiters
-from imgq.api_keys import KeyRing
+from imgq.api_keys import ReloadingKeyRing
 from imgq.jobs.idempotency import IdempotencyKeys
 from imgq.jobs.store import JobStore
 from imgq.queueing import make_celery
@@ -85,13 +86,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         idempotency=IdempotencyKeys(client, settings.job_ttl_s),
         deliveries=DeliveryStore(client, settings.job_ttl_s),
     )
-    keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
-    if not len(keys):
+    keys = ReloadingKeyRing(settings.api_keys, settings.api_keys_file)
+    if not len(keys.current()):
         raise RuntimeError(
             "No API keys configured: set IMGQ_API_KEYS_FILE or IMGQ_API_KEYS "
             "(`make run` creates var/api-keys.json with an admin key on first start)."
         )
     install_auth(app, keys)
+    install_rate_limit(app)
     rest_api = ImgqApi(app)
     # The whole route map: one blueprint per module, in the order the OpenAPI document lists them.
     for blueprint in (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 
 from api.errors import imgq_error_response
-from imgq.api_keys import ApiKey, KeyRing, Role
+from imgq.api_keys import ApiKey, ReloadingKeyRing, Role
 from imgq.errors import Forbidden, JobNotFound, Unauthorized
 
 OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
@@ -36,8 +36,9 @@ def check_owner(job_id: str, owner: str | None) -> None:
         raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
 
 
-def install_auth(app: Flask, keys: KeyRing) -> None:
-    """Authenticate every request before its view runs."""
+def install_auth(app: Flask, keys: ReloadingKeyRing) -> None:
+    """Authenticate every request before its view runs, against the keys file as it is now
+    (re-read within a second or so of a change: a revoked key is refused without a restart)."""
 
     @app.before_request
     def _authenticate() -> Response | None:
@@ -45,7 +46,7 @@ def install_auth(app: Flask, keys: KeyRing) -> None:
             return None  # unknown routes fall through to the 404 handler
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
-        key = keys.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
+        key = keys.current().authenticate(presented.strip()) if scheme.lower() == "bearer" else None
         if key is None:
             response = imgq_error_response(
                 Unauthorized(

@@ -31,6 +31,7 @@ from api.dataset_schemas import (
     IngestFormSchema,
 )
 from api.idempotency import replay_or_claim
+from api.quotas import admit
 from api.schemas import ErrorEnvelopeSchema
 from api.services import services
 from api.storage import owner_storage_bytes, visible_datasets
@@ -41,6 +42,7 @@ from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.queueing import INGEST_TASK, TRAIN_QUEUE
+from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
 from ml.dataset_store import DatasetVersion
 from ml.registry import MODEL_NAME, split_model_id
@@ -177,6 +179,11 @@ def submit_ingest(name: str) -> tuple[dict[str, Any], int, dict[str, str]] | Res
     if replay is not None:
         path.unlink(missing_ok=True)
         return replay
+    try:
+        admit(job_id, JobKind.LONG, size=path.stat().st_size)
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
     svc.jobs.create_job(
         job_id,
         JobType.INGEST,

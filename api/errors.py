@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import traceback
 from typing import Any
 
@@ -27,6 +28,7 @@ from imgq.errors import (
     ImgqError,
     InternalError,
     InvalidRequest,
+    RateLimited,
     ServiceUnavailable,
     ValidationFailed,
     http_error_class,
@@ -122,6 +124,8 @@ def imgq_error_response(error: ImgqError) -> Response:
     response = error_response(error.status, error.code, error.message, error.details)
     if isinstance(error, ServiceUnavailable):
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return response
 
 

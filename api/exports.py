@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from api.auth import current_client
 from api.idempotency import replay_or_claim
 from api.model_access import OWNER_PARAMETER, version_of, visible_model
+from api.quotas import admit
 from api.schemas import ErrorEnvelopeSchema, ExportReportSchema, ExportRequestSchema
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
@@ -20,6 +21,7 @@ from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.queueing import EXPORT_TASK, TRAIN_QUEUE
+from imgq.quotas import JobKind
 from ml.export_formats import FORMATS, file_name
 
 blp = Blueprint("exports", __name__, url_prefix="/models", description="Model exports")
@@ -42,6 +44,7 @@ def request_export(
     replay = replay_or_claim(fingerprint(json.dumps(params, sort_keys=True)), job_id)
     if replay is not None:
         return replay
+    admit(job_id, JobKind.LONG)
     svc.jobs.create_job(job_id, JobType.EXPORT, params, client=current_client().client)
     return enqueue_or_undo(
         job_id,

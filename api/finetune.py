@@ -20,6 +20,7 @@ from api.auth import current_client
 from api.dataset_access import dataset_version
 from api.idempotency import replay_or_claim
 from api.model_access import resolve_base, target_model
+from api.quotas import admit
 from api.schemas import FinetuneFormSchema
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
@@ -29,6 +30,7 @@ from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
+from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
 from ml.backbone_specs import BACKBONE_SIZES
 from ml.dataset_ingest import DataMode
@@ -65,6 +67,11 @@ def submit_finetune() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     if replay is not None:
         discard_upload()
         return replay
+    try:
+        admit(job_id, JobKind.LONG, size=archive.stat().st_size if archive else 0)
+    except Exception:
+        discard_upload()
+        raise
     callback = params.pop("callback_url", None)
     svc.jobs.create_job(
         job_id, JobType.FINETUNE, params, client=current_client().client, callback_url=callback

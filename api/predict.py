@@ -12,8 +12,10 @@ from flask import Response, request
 from flask_smorest import Blueprint
 
 from api.auth import current_client
+from api.errors import SCHEMA_MISMATCH
 from api.idempotency import replay_or_claim
 from api.model_access import version_of, visible_model
+from api.quotas import admit
 from api.schemas import (
     PredictJsonSchema,
     PredictMultipartSchema,
@@ -28,11 +30,13 @@ from imgq.errors import (
     InvalidRequest,
     TooManyImages,
     UnsupportedMediaType,
+    ValidationFailed,
 )
 from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.queueing import send_predict_messages
+from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
 from ml.preprocess import ImageLimits, check_image
 from ml.registry import split_model_id
@@ -120,6 +124,10 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         options.get("model", svc.settings.default_model), options.pop("owner", None)
     )
     version_of(model, options.get("version"))  # 404 now for unknown models or versions
+    if options.get("top_k", 0) > svc.settings.max_top_k:
+        raise ValidationFailed(
+            SCHEMA_MISMATCH, {"top_k": [f"Must be at most {svc.settings.max_top_k}."]}
+        )
     callback = options.get("callback_url")
     if callback is not None:
         check_callback_url(callback, svc.settings.webhook_allow_private, svc.settings.webhook_ports)
@@ -129,6 +137,8 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     replay = replay_or_claim(fingerprint(content, *images), job_id)
     if replay is not None:
         return replay
+    kind = JobKind.EXPLAIN if options.get("explain") else JobKind.PREDICT
+    admit(job_id, kind, images=len(images), size=sum(map(len, images)))
     until = time.time() + svc.settings.job_ttl_s  # feedback is accepted while the job lives
     retained = [svc.datasets.hold(model, image, until) for image in images] if retain else None
     svc.jobs.create_predict_job(

@@ -19,6 +19,7 @@ from flask_smorest import Blueprint
 from api.auth import current_client
 from api.idempotency import replay_or_claim
 from api.model_access import OWNER_PARAMETER, describe, owned_model, version_of
+from api.quotas import admit
 from api.rollout_schemas import CanarySchema, PolicySchema, RetrainSchema
 from api.schemas import ErrorEnvelopeSchema, ModelSchema
 from api.services import services
@@ -29,6 +30,7 @@ from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.model_events import ModelEvent, announce_activation, model_event, publish
 from imgq.queueing import FINETUNE_TASK, TRAIN_QUEUE
+from imgq.quotas import JobKind
 from imgq.redis_keys import ROLLOUT_MODELS
 from imgq.webhooks.callback_urls import check_callback_url
 from imgq.webhooks.events import WebhookEvents
@@ -69,6 +71,7 @@ def retrain_model(
     replay = replay_or_claim(fingerprint(json.dumps(params, sort_keys=True)), job_id)
     if replay is not None:
         return replay
+    admit(job_id, JobKind.LONG)
     svc.jobs.create_job(
         job_id, JobType.FINETUNE, params, client=current_client().client, callback_url=callback
     )

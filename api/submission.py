@@ -23,6 +23,7 @@ from marshmallow import Schema
 from api.idempotency import release_claim
 from api.jobs import with_webhook
 from api.metrics import JOBS_SUBMITTED
+from api.quotas import release
 from api.schemas import MAX_WAIT_S, ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
@@ -116,6 +117,7 @@ def enqueue_or_undo(
         except Exception as exc:
             svc.jobs.delete(job_id)
             release_claim()
+            release(job_id)
             undo()
             raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
         JOBS_SUBMITTED.labels(job_type.value).inc()

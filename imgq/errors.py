@@ -10,7 +10,7 @@ list exactly these classes, and ``tests/test_error_codes.py`` keeps the two in s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from ml.errors import (
     ArchiveTooLarge,
@@ -70,6 +70,7 @@ __all__ = [
     "NotImplementedByServer",
     "NothingNew",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimited",
     "ReservedModelName",
     "ServiceUnavailable",
@@ -236,6 +237,21 @@ class RateLimited(ImgqError):
 
     code = "rate_limited"
     status = 429
+    retry_after_s: float = 1.0
+    """Seconds the client should wait (the ``Retry-After`` header)."""
+
+    @classmethod
+    def after(cls, seconds: float, message: str, details: Any = None) -> Self:
+        """The error, telling the client to retry in ``seconds``."""
+        error = cls(message, details)
+        error.retry_after_s = seconds
+        return error
+
+
+class QuotaExceeded(RateLimited):
+    """The client has as much in flight as its quota allows (jobs, images, bytes, long jobs)."""
+
+    code = "quota_exceeded"
 
 
 class HeadersTooLarge(ImgqError):

@@ -94,10 +94,30 @@ class Settings(BaseSettings):
     """How often a prediction worker re-reads active versions, besides pub/sub announcements."""
 
     api_keys_file: Path | None = _VAR / "api-keys.json"
-    """JSON list of ``{client, role, key_sha256, webhook_secret}`` (see ``imgq.api_keys``)."""
+    """JSON list of ``{client, role, key_sha256, webhook_secret?, previous_webhook_secret?,
+    previous_until?}`` (see ``imgq.api_keys``); re-read when it changes."""
     api_keys: str | None = None
     """The same list inline, added to the file's keys."""
 
+    quota_jobs: PositiveInt = 500
+    """Jobs one client may have in flight (``429 quota_exceeded`` beyond)."""
+    quota_queued_images: PositiveInt = 64
+    """Images of one client's predict jobs not yet predicted: what keeps the queue fair (two
+    batches by default: another client's job waits at most that long per busy client)."""
+    quota_queued_image_bytes: PositiveInt = 64 * 1024 * 1024
+    """Bytes of those images, held in Redis until predicted."""
+    quota_long_jobs: PositiveInt = 2
+    """Fine-tunes, ingests and exports one client may have in flight."""
+    quota_explain_jobs: PositiveInt = 4
+    """Explained predict jobs (one unbatched task each) one client may have in flight."""
+    quota_upload_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
+    """Bytes of uploaded archives one client's long jobs may hold on the uploads volume."""
+    quota_rate_per_s: float = Field(default=20.0, gt=0)
+    """Requests per second one client may make, sustained (a token bucket)."""
+    quota_burst: PositiveInt = 100
+    """Requests one client may make at once before the rate applies."""
+    max_top_k: PositiveInt = 100
+    """Largest ``top_k`` a predict job may ask for (``422`` beyond)."""
     upload_dir: Path = _VAR / "uploads"
     """Where uploaded datasets wait for a training worker (a shared volume in Kubernetes)."""
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024

@@ -65,7 +65,17 @@ def settings(redis_service: Service, service_dir: Path) -> Settings:
         api_threads=8,
         metrics_port=free_port(),
         ready_file=service_dir / "predict-ready",
+        # The suite's clients are not the ones being bounded: tests of quotas start an API of
+        # their own with the defaults (tests/test_quotas.py).
+        quota_jobs=100_000,
+        quota_queued_images=100_000,
+        quota_queued_image_bytes=1 << 40,
+        quota_long_jobs=100,
+        quota_explain_jobs=100,
+        quota_rate_per_s=100_000.0,
+        quota_burst=100_000,
         drift_check_interval_s=2,  # the drift webhook fires within seconds in tests
+        rollout_check_interval_s=2,  # rollout policies act within seconds in tests
     )
 
 

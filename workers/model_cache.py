@@ -109,13 +109,25 @@ class ModelCache:
         return classifier
 
     def _evict(self) -> None:
-        serving = {(model, version) for model, version in self._serving.items()}
-        serving |= {(model, version) for model, (version, _) in self._canaries.items()}
+        """Keep at most ``IMGQ_MODEL_CACHE_SIZE`` versions loaded, whatever clients ask for:
+        versions nothing routes to go first, then the least recently used served ones (their
+        model loads again on its next job), so pinned requests cannot grow the cache."""
+        limit = self._settings.model_cache_size
+        routed = {(model, version) for model, version in self._serving.items()}
+        routed |= {(model, version) for model, (version, _) in self._canaries.items()}
+        for key in [key for key in self._loaded if key not in routed]:  # oldest first
+            if len(self._loaded) <= limit:
+                return
+            del self._loaded[key]
         for key in list(self._loaded):
-            if len(self._loaded) <= self._settings.model_cache_size:
-                break
-            if key not in serving:
-                del self._loaded[key]
+            if len(self._loaded) <= limit:
+                return
+            del self._loaded[key]
+            model, version = key
+            if self._serving.get(model) == version:
+                del self._serving[model]
+            if model in self._canaries and self._canaries[model][0] == version:
+                del self._canaries[model]
 
     def serving_version(self, model: str) -> int:
         """The version an unpinned job of ``model`` gets: the canary with its probability once

@@ -30,7 +30,7 @@ from imgq.settings import Settings
 from imgq.webhooks.callback_urls import CallbackTarget, check_callback_url
 from imgq.webhooks.delivery import AttemptOutcome, Delivery
 from imgq.webhooks.events import WebhookEvents, is_event
-from imgq.webhooks.signing import sign
+from imgq.webhooks.signing import signature_header
 from workers.context import WorkerApp, WorkerContext, context_of
 from workers.metrics import WEBHOOK_ATTEMPTS
 
@@ -109,9 +109,10 @@ def _attempt(
     """Send once; return the outcome and the attempt's record."""
     settings = context.settings
     timestamp = str(int(time.time()))
+    # Read per attempt, so a new, rotated or removed secret applies to the next delivery.
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
-    secret = keys.webhook_secret(delivery.client)
-    if not secret:  # an empty key would sign with nothing anyone could verify
+    secrets = keys.webhook_secrets(delivery.client, time.time())  # during a rotation: new, old
+    if not secrets:  # an empty key would sign with nothing anyone could verify
         return AttemptOutcome.FAILED, {
             "at": time.time(),
             "error": f"client {delivery.client!r} has no webhook secret; deliveries are only "
@@ -122,7 +123,7 @@ def _attempt(
         "User-Agent": USER_AGENT,
         "Imgq-Event-Id": delivery.event_id,
         "Imgq-Timestamp": timestamp,
-        "Imgq-Signature": sign(secret, timestamp, body),
+        "Imgq-Signature": signature_header(secrets, timestamp, body),
     }
     started = time.monotonic()
     record: dict[str, Any] = {"at": time.time()}

@@ -7,6 +7,7 @@ as ``ApiError`` carrying the server's own error code and message.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 """Files ``zip_dataset`` packs (what the server reads as images)."""
 
 
+MAX_WAIT_S = 60.0
+"""Longest the client waits before sending a refused request again."""
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    """How long the server asked to wait (``429``/``503`` with ``Retry-After`` in seconds)."""
+    if response.status_code not in (429, 503):
+        return None
+    try:
+        return min(MAX_WAIT_S, max(0.0, float(response.headers.get("Retry-After", "1"))))
+    except ValueError:  # an HTTP date: wait the usual second
+        return 1.0
+
+
 class ApiError(Exception):
     """The server answered with an error (or could not be reached)."""
 
@@ -32,18 +47,35 @@ class ApiError(Exception):
 class ImgqClient:
     """Calls the imgq API with one base URL and one API key."""
 
-    def __init__(self, url: str, key: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, key: str, timeout_s: float = 30.0, max_retries: int = 5) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {key}"
         self.timeout_s = timeout_s
+        self.max_retries = max_retries
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send, waiting and sending again while the server answers ``429`` or ``503`` with
+        ``Retry-After`` (at most ``max_retries`` times, each wait at most ``MAX_WAIT_S``).
+
+        A streamed body (an upload being read as it is sent) cannot be sent twice, so such a
+        request gets the server's answer as it is.
+        """
+        replayable = not hasattr(kwargs.get("data"), "read")
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.session.request(method, f"{self.url}{path}", **kwargs)
+            except requests.RequestException as exc:
+                raise ApiError(0, "unreachable", f"Cannot reach {self.url}: {exc}") from exc
+            wait = _retry_after_s(response)
+            if wait is None or not replayable or attempt == self.max_retries:
+                return response
+            time.sleep(wait)
+        return response
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self.timeout_s)
-        try:
-            response = self.session.request(method, f"{self.url}{path}", **kwargs)
-        except requests.RequestException as exc:
-            raise ApiError(0, "unreachable", f"Cannot reach {self.url}: {exc}") from exc
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]

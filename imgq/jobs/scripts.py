@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from imgq import redis_keys
 from imgq.jobs.status import TERMINAL, JobStatus, JobType
+from imgq.quotas import RELEASE_ON_END
 
 _TERMINAL_TEST = " or ".join(f"status == '{status.value}'" for status in sorted(TERMINAL))
 
-_ENDED = f"""
+_ENDED = (
+    RELEASE_ON_END
+    + f"""
 local function ended(status)
   return (not status) or {_TERMINAL_TEST}
 end
--- A job that ends leaves the registries watching open jobs, and one with a callback URL gets
--- its webhook scheduled in the same atomic step, so no crash between "job ended" and "send
--- the webhook" can lose the delivery.
+-- A job that ends leaves the registries watching open jobs, gives its client's quota back
+-- (imgq.quotas), and one with a callback URL gets its webhook scheduled in the same atomic
+-- step, so no crash between "job ended" and "send the webhook" can lose the delivery.
 local function on_end(record, now, job_id)
+  release_quota(record, job_id)
   redis.call('ZREM', '{redis_keys.HEARTBEATS}', job_id)
   redis.call('ZREM', '{redis_keys.PREDICT_CHECKS}', job_id)
   if redis.call('HEXISTS', record, 'callback_url') == 1 then
@@ -30,6 +34,7 @@ local function on_end(record, now, job_id)
   end
 end
 """
+)
 
 STORE_PREDICTION = (
     _ENDED
