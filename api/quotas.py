@@ -24,6 +24,7 @@ from api.services import services
 from imgq.api_keys import Role
 from imgq.errors import QuotaExceeded, RateLimited
 from imgq.quotas import JobKind, Quota, Quotas
+from imgq.settings import Settings
 
 QUOTA_REFUSALS = Counter(
     "imgq_quota_refusals_total",
@@ -36,15 +37,25 @@ RETRY_AFTER_S = {JobKind.PREDICT: 1.0, JobKind.EXPLAIN: 2.0, JobKind.LONG: 30.0}
 
 
 def client_quota() -> Quota:
-    """The caller's limits: the settings' defaults."""
+    """The caller's limits: its key's own (``quotas`` in the keys file), else the settings'."""
     settings = services().settings
+    own = current_client().quotas
     return Quota(
-        jobs=settings.quota_jobs,
-        queued_images=settings.quota_queued_images,
-        queued_image_bytes=settings.quota_queued_image_bytes,
-        long_jobs=settings.quota_long_jobs,
-        explain_jobs=settings.quota_explain_jobs,
-        upload_bytes=settings.quota_upload_bytes,
+        jobs=int(own.get("jobs", settings.quota_jobs)),
+        queued_images=int(own.get("queued_images", settings.quota_queued_images)),
+        queued_image_bytes=int(own.get("queued_image_bytes", settings.quota_queued_image_bytes)),
+        long_jobs=int(own.get("long_jobs", settings.quota_long_jobs)),
+        explain_jobs=int(own.get("explain_jobs", settings.quota_explain_jobs)),
+        upload_bytes=int(own.get("upload_bytes", settings.quota_upload_bytes)),
+    )
+
+
+def _rate(settings: Settings) -> tuple[float, int]:
+    """The caller's request rate and burst: its key's own, else the settings'."""
+    own = current_client().quotas
+    return (
+        float(own.get("rate_per_s", settings.quota_rate_per_s)),
+        int(own.get("burst", settings.quota_burst)),
     )
 
 
@@ -92,18 +103,15 @@ def install_rate_limit(app: Flask) -> None:
         caller = g.get("api_key")
         if caller is None or caller.role is Role.ADMIN:
             return
-        settings = services().settings
-        bucket = _quotas().take_token(
-            caller.client, settings.quota_rate_per_s, settings.quota_burst
-        )
+        rate, burst = _rate(services().settings)
+        bucket = _quotas().take_token(caller.client, rate, burst)
         g.rate_bucket = bucket
         if not bucket.allowed:
             QUOTA_REFUSALS.labels(caller.client, "rate").inc()
             raise RateLimited.after(
                 bucket.retry_after_s,
-                f"Too many requests: {settings.quota_rate_per_s:g} per second, bursts of "
-                f"{settings.quota_burst}.",
-                {"rate_per_s": settings.quota_rate_per_s, "burst": settings.quota_burst},
+                f"Too many requests: {rate:g} per second, bursts of {burst}.",
+                {"rate_per_s": rate, "burst": burst},
             )
 
     @app.after_request
@@ -111,12 +119,10 @@ def install_rate_limit(app: Flask) -> None:
         bucket = g.get("rate_bucket")
         if bucket is None:
             return response
-        settings = services().settings
-        refill_s = (settings.quota_burst - bucket.remaining) / settings.quota_rate_per_s
-        reset = bucket.retry_after_s if not bucket.allowed else refill_s
-        window = math.ceil(settings.quota_burst / settings.quota_rate_per_s)
-        response.headers["RateLimit-Limit"] = str(settings.quota_burst)
+        rate, burst = _rate(services().settings)
+        reset = bucket.retry_after_s if not bucket.allowed else (burst - bucket.remaining) / rate
+        response.headers["RateLimit-Limit"] = str(burst)
         response.headers["RateLimit-Remaining"] = str(int(bucket.remaining))
         response.headers["RateLimit-Reset"] = str(max(0, math.ceil(reset)))
-        response.headers["RateLimit-Policy"] = f"{settings.quota_burst};w={window}"
+        response.headers["RateLimit-Policy"] = f"{burst};w={math.ceil(burst / rate)}"
         return response

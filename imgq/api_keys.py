@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,9 @@ class ApiKey:
     previous_webhook_secret: str = ""
     previous_until: float = 0.0
     """Unix seconds until which ``previous_webhook_secret`` still signs deliveries."""
+    quotas: Mapping[str, float] = field(default_factory=dict)
+    """This key's own limits (``imgq.quotas.Quota`` field names: ``jobs``, ``queued_images``,
+    ..., ``rate_per_s``, ``burst``) over the settings' defaults."""
 
     def webhook_secrets(self, now: float) -> list[str]:
         """The secrets a delivery made at ``now`` is signed with: the current one first."""
@@ -90,6 +93,8 @@ class ApiKey:
         if self.previous_webhook_secret and self.previous_until:
             entry["previous_webhook_secret"] = self.previous_webhook_secret
             entry["previous_until"] = self.previous_until
+        if self.quotas:
+            entry["quotas"] = dict(self.quotas)
         return entry
 
 
@@ -105,6 +110,31 @@ def _text(entry: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string")
     return value
+
+
+QUOTA_NAMES = frozenset(
+    {
+        "jobs",
+        "queued_images",
+        "queued_image_bytes",
+        "long_jobs",
+        "explain_jobs",
+        "upload_bytes",
+        "rate_per_s",
+        "burst",
+    }
+)
+"""Limits a key may set for itself (``quotas`` in its entry)."""
+
+
+def _quotas(raw: Any) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - QUOTA_NAMES:
+        raise TypeError(f"quotas must be an object with some of {sorted(QUOTA_NAMES)}")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in raw.values()):
+        raise TypeError("quotas must be positive numbers")
+    return {name: float(value) for name, value in raw.items()}
 
 
 def parse_entry(entry: Any) -> ApiKey:
@@ -129,6 +159,7 @@ def parse_entry(entry: Any) -> ApiKey:
             _text(entry, "webhook_secret"),
             _text(entry, "previous_webhook_secret"),
             float(until or 0.0),
+            _quotas(entry.get("quotas")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         shown = (

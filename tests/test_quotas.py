@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from imgq.api_keys import Role
 from imgq.local.supervisor import Service, free_port, start_api
 from imgq.settings import Settings
 from tests.support.http import Http, http
@@ -119,3 +121,20 @@ def test_top_k_over_the_maximum_is_a_validation_error(
     )
     assert response.status_code == 422
     assert "top_k" in response.json()["error"]["details"]
+
+
+def test_a_keys_own_quota_overrides_the_defaults(
+    settings: Settings, tmp_path: Path, cat_jpeg: bytes
+) -> None:
+    from api.app import create_app
+    from imgq.api_keys import new_key
+
+    key, entry = new_key("roomy", Role.CLIENT)
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{**entry.to_entry(), "quotas": {"burst": 3, "rate_per_s": 0.01}}]))
+    app = create_app(settings.model_copy(update={"api_keys_file": keys}))
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    answers = [client.get("/jobs", headers=headers) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert answers[0].headers["RateLimit-Limit"] == "3"
