@@ -127,6 +127,8 @@ def webhook_event(event_id: str) -> str:
 
 ROLLOUT_MODELS = "imgq:rollout:models"
 """Set of model ids that have a rollout policy (see ``workers.rollout``)."""
+ROLLOUT_RUNNING = "imgq:rollout-running"
+"""Lock held while a webhooks worker applies rollout policies (no two checks overlap)."""
 ROLLOUT_LEASE = "imgq:rollout-check"
 """Held (``SET NX EX``) by the webhooks worker applying rollout policies this interval."""
 

@@ -4,9 +4,12 @@ While a canary runs, unpinned jobs are split between the active version and the 
 the feedback clients send on those jobs measures both on the same live traffic over the same
 period. The two online accuracies are compared with the two-proportion z-test (computed as
 the 2x2 chi-square test without continuity correction, ``scipy.stats.chi2_contingency``,
-which is the same test), and the difference gets a Wald 95 % confidence interval. The verdict
-is ``better`` when the whole interval is above zero, ``worse`` when it is below, else
-``undecided``; a policy also asks for enough labels before it acts on one (``min_feedback``).
+which is the same test), and the difference gets an Agresti-Caffo 95 % confidence interval
+(the Wald interval after adding one right and one wrong label to each version: unlike the
+plain Wald interval it does not shrink to a point when an accuracy is 0 or 1, so one label
+each way is not yet a verdict). The verdict is ``better`` when the whole interval is above
+zero, ``worse`` when it is below, else ``undecided``; a policy also asks for enough labels
+before it acts on one (``min_canary_feedback``).
 """
 
 from __future__ import annotations
@@ -78,21 +81,25 @@ def compare_canary(
         "difference": None,
         "interval": None,
         "p_value": _p_value(candidate, active),
-        "test": "two-proportion z-test (2x2 chi-square, no continuity correction); Wald "
-        f"{CONFIDENCE:.0%} interval",
+        "test": "two-proportion z-test (2x2 chi-square, no continuity correction); "
+        f"Agresti-Caffo {CONFIDENCE:.0%} interval",
         "drift": dict(drift),
         "verdict": "undecided",
     }
     if active["accuracy"] is None or candidate["accuracy"] is None:
         return found
-    p_active, p_candidate = active["accuracy"], candidate["accuracy"]
-    difference = p_candidate - p_active
+    difference = candidate["accuracy"] - active["accuracy"]
+    # Agresti-Caffo: the Wald interval of the difference after one right and one wrong label
+    # more on each side.
+    n_active, n_candidate = active["count"] + 2, candidate["count"] + 2
+    p_active = (active["correct"] + 1) / n_active
+    p_candidate = (candidate["correct"] + 1) / n_candidate
+    centre = p_candidate - p_active
     spread = math.sqrt(
-        p_active * (1 - p_active) / active["count"]
-        + p_candidate * (1 - p_candidate) / candidate["count"]
+        p_active * (1 - p_active) / n_active + p_candidate * (1 - p_candidate) / n_candidate
     )
     z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
-    low, high = difference - z * spread, difference + z * spread
+    low, high = centre - z * spread, centre + z * spread
     verdict = "better" if low > 0 else "worse" if high < 0 else "undecided"
     return {**found, "difference": difference, "interval": [low, high], "verdict": verdict}
 

@@ -325,8 +325,9 @@ def run_finetune(
             list(ARTIFACTS),
         ),
     )
+    ended_canary = registry.canary(request.model) if activate else None
     if activate:
-        registry.activate(request.model, version.version)
+        registry.activate(request.model, version.version)  # ends a running canary
     logger.info(
         "published",
         extra={"model": request.model, "version": version.version, "activated": activate},
@@ -341,6 +342,7 @@ def run_finetune(
         **_what_is_new(request, datasets, dataset),
         "skipped_images": training["skipped_images"],
         "artifacts": list(ARTIFACTS),
+        "ended_canary": ended_canary["version"] if ended_canary else None,
     }
 
 

@@ -25,17 +25,23 @@ def _labelled(correct: int, wrong: int, at: float = 10.0) -> list[tuple[str, str
     return right + [("a", "b", at)] * wrong
 
 
-def test_a_clearly_more_accurate_canary_is_better_with_the_wald_interval() -> None:
+def test_a_clearly_more_accurate_canary_is_better_with_the_agresti_caffo_interval() -> None:
     found = compare_canary(_labelled(60, 40), _labelled(95, 5), since=0, drift=NO_DRIFT)
     assert found["verdict"] == "better"
     assert found["active"] == {"count": 100, "correct": 60, "accuracy": 0.6}
     assert math.isclose(found["difference"], 0.35)
-    spread = math.sqrt(0.6 * 0.4 / 100 + 0.95 * 0.05 / 100)
+    p_active, p_candidate = 61 / 102, 96 / 102
+    spread = math.sqrt(p_active * (1 - p_active) / 102 + p_candidate * (1 - p_candidate) / 102)
     low, high = found["interval"]
-    assert math.isclose(low, 0.35 - 1.959964 * spread, rel_tol=1e-5)
-    assert math.isclose(high, 0.35 + 1.959964 * spread, rel_tol=1e-5)
+    assert math.isclose(low, p_candidate - p_active - 1.959964 * spread, rel_tol=1e-5)
+    assert math.isclose(high, p_candidate - p_active + 1.959964 * spread, rel_tol=1e-5)
     table = [[95, 5], [60, 40]]
     assert math.isclose(found["p_value"], stats.chi2_contingency(table, correction=False).pvalue)
+
+
+def test_one_label_each_way_is_no_verdict_yet() -> None:
+    found = compare_canary(_labelled(0, 1), _labelled(1, 0), since=0, drift=NO_DRIFT)
+    assert found["verdict"] == "undecided"
 
 
 def test_a_less_accurate_canary_is_worse_and_a_close_one_undecided() -> None:

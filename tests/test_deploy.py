@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +53,17 @@ from tests.support.manifests import (
     Manifest,
     containers,
     env_names,
+    env_var,
     generated,
+    init_containers,
+    main_containers,
     one,
     probe_command,
     role,
     selects,
     split_image,
     template_labels,
+    volumes,
     workloads,
 )
 
@@ -387,12 +391,17 @@ def test_references_resolve(overlay: str) -> None:
         claims = workload["spec"].get("volumeClaimTemplates", [])
         declared |= {claim["metadata"]["name"] for claim in claims}
         assert mounted <= declared
+        for volume in pod_spec.get("volumes", []):
+            if "secret" in volume:
+                assert ("Secret", volume["secret"]["secretName"]) in names
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names
         for container in containers(workload):
             for source in container.get("envFrom", []):
                 assert ("ConfigMap", source["configMapRef"]["name"]) in names
             for variable in container.get("env", []):
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and not ref.get("optional"):  # optional: only during a rotation
                     assert ref["key"] in data[("Secret", ref["name"])], ref
 
 
@@ -423,11 +432,13 @@ def test_probes_and_shutdown(overlay: str) -> None:
     manifests = rendered(overlay)
     settings = config(manifests)
     for workload in workloads(manifests):
-        for container in containers(workload):
-            name = workload["metadata"]["name"]
+        name = workload["metadata"]["name"]
+        for container in main_containers(workload):
             assert {"livenessProbe", "readinessProbe"} <= set(container), name
+        for container in init_containers(workload):  # run to completion: no probes allowed
+            assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container), name
     api = one(manifests, "Deployment", "imgq-api")
-    api_container = containers(api)[0]
+    api_container = main_containers(api)[0]
     port = int(settings["IMGQ_API_BIND"].rpartition(":")[2])
     assert api_container["ports"] == [{"name": "http", "containerPort": port}]
     assert api_container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -441,7 +452,7 @@ def test_probes_and_shutdown(overlay: str) -> None:
     )
 
     predict = one(manifests, "Deployment", "imgq-predict-worker")
-    worker = containers(predict)[0]
+    worker = main_containers(predict)[0]
     assert settings["IMGQ_READY_FILE"].startswith("/tmp/")  # an emptyDir, writable
     for probe in ("startupProbe", "readinessProbe"):
         assert probe_command(worker[probe]) == 'sh -c test -f "$IMGQ_READY_FILE"'
@@ -452,7 +463,7 @@ def test_probes_and_shutdown(overlay: str) -> None:
     for workload in workloads(manifests):
         queue = role(workload).removesuffix("-worker")
         if role(workload).endswith("-worker"):
-            liveness = probe_command(containers(workload)[0]["livenessProbe"])
+            liveness = probe_command(main_containers(workload)[0]["livenessProbe"])
             assert f'inspect ping -d "{queue}@$HOSTNAME"' in liveness
     train = one(manifests, "Deployment", "imgq-train-worker")
     time_limit_s = settings_from(settings).train_time_limit_s
@@ -496,7 +507,8 @@ def test_keda_triggers_watch_the_celery_queues(overlay: str) -> None:
         )
         assert url.port in [p["port"] for p in redis_service["spec"]["ports"]]
         assert metadata["databaseIndex"] == url.path.strip("/")
-        assert metadata["passwordFromEnv"] in env_names(containers(target)[0])
+        assert metadata["passwordFromEnv"] in env_names(main_containers(target)[0])
+        assert metadata["usernameFromEnv"] in env_names(main_containers(target)[0])
     predict = one(manifests, "ScaledObject", "imgq-predict-worker")["spec"]
     assert predict["triggers"][0]["metadata"]["listLength"] == settings["IMGQ_MAX_BATCH_SIZE"], (
         "scale when a batch waits beyond what the workers already prefetched"
@@ -511,14 +523,21 @@ def test_redis_url_secret_and_server_agree(overlay: str) -> None:
     manifests = rendered(overlay)
     redis_secret = secret(manifests)
     url = urlparse(redis_secret["IMGQ_REDIS_URL"])
-    assert url.password == redis_secret["REDIS_PASSWORD"]
+    assert (url.username, url.password) == ("imgq", redis_secret["REDIS_IMGQ_PASSWORD"])
     assert url.hostname == one(manifests, "Service", "imgq-redis")["metadata"]["name"]
     redis = one(manifests, "StatefulSet", "imgq-redis")
-    server = containers(redis)[0]
+    (server,) = main_containers(redis)
     args = server["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
-    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert "--requirepass" not in args, "users and passwords come from the ACL file"
+    (init,) = init_containers(redis)
+    acl_file = args[args.index("--aclfile") + 1]
+    assert env_var(init, "ACL_FILE")["value"] == acl_file
+    (acl_mount,) = [m for m in server["volumeMounts"] if acl_file.startswith(m["mountPath"] + "/")]
+    assert acl_mount["readOnly"] is True
+    assert volumes(redis)[acl_mount["name"]]["emptyDir"]["medium"] == "Memory"
+    assert any(m["name"] == acl_mount["name"] for m in init["volumeMounts"])
     assert {"name": "data", "mountPath": args[args.index("--dir") + 1]} in server["volumeMounts"]
     assert [t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]] == ["data"]
     assert server["ports"][0]["containerPort"] == url.port
@@ -537,7 +556,7 @@ def test_only_the_api_and_workers_reach_redis(overlay: str) -> None:
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
     in_namespace = [peer["podSelector"] for peer in rule["from"] if "namespaceSelector" not in peer]
     for workload in workloads(manifests):
-        clients = "IMGQ_REDIS_URL" in env_names(containers(workload)[0])
+        clients = "IMGQ_REDIS_URL" in env_names(main_containers(workload)[0])
         admitted = any(selects(s, template_labels(workload)) for s in in_namespace)
         assert clients == admitted, workload["metadata"]["name"]
     # The other peer is the KEDA operator, which reads the queue lengths.
@@ -561,20 +580,530 @@ def test_api_and_workers_share_the_model_store_and_uploads(overlay: str) -> None
         path = config(manifests)[setting]
         for name in deployments:
             workload = one(manifests, "Deployment", name)
-            volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
-            mounts = containers(workload)[0]["volumeMounts"]
+            mounts = main_containers(workload)[0]["volumeMounts"]
             (mount,) = [m for m in mounts if m["mountPath"] == path]
-            assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim_name
+            assert volumes(workload)[mount["name"]]["persistentVolumeClaim"]["claimName"] == (
+                claim_name
+            )
 
 
 def test_only_gpu_prediction_workers_ask_for_gpus() -> None:
     for overlay in OVERLAYS:
         for workload in workloads(rendered(overlay)):
+            on_gpu = overlay == "gpu" and workload["metadata"]["name"] == "imgq-predict-worker"
             for container in containers(workload):
                 gpus = container["resources"]["limits"].get("nvidia.com/gpu")
-                on_gpu = overlay == "gpu" and workload["metadata"]["name"] == "imgq-predict-worker"
-                assert gpus == (1 if on_gpu else None), (overlay, workload["metadata"]["name"])
+                main = container in main_containers(workload)
+                assert gpus == (1 if on_gpu and main else None), (overlay, container["name"])
+                # Init containers run the pod's image too: a GPU node pulls one image.
                 assert split_image(container["image"])[0].endswith("-gpu") == on_gpu
+
+
+# --- Secrets and trust inside the cluster --------------------------------------------------------
+
+KEY_SECRETS = [
+    ("imgq-api-keys", "imgq-api", "/etc/imgq/api-keys"),
+    ("imgq-webhook-secrets", "imgq-webhooks-worker", "/etc/imgq/webhook-secrets"),
+]
+"""A Secret of keys, the one Deployment that mounts it, and where (IMGQ_API_KEYS_FILE's folder)."""
+KEYS_FILE = "api-keys.json"
+"""The key of both Secrets: the file IMGQ_API_KEYS_FILE names in the mounted folder."""
+
+
+def secret_mounts(workload: Manifest, secret_name: str) -> list[tuple[Manifest, Manifest]]:
+    """(container, volumeMount) for every mount of a volume that holds the Secret."""
+    holding = {
+        name
+        for name, volume in volumes(workload).items()
+        if volume.get("secret", {}).get("secretName") == secret_name
+        or any(
+            source.get("secret", {}).get("name") == secret_name
+            for source in volume.get("projected", {}).get("sources", [])
+        )
+    }
+    return [
+        (container, mount)
+        for container in containers(workload)
+        for mount in container.get("volumeMounts", [])
+        if mount["name"] in holding
+    ]
+
+
+def secret_env_references(container: Manifest) -> set[str]:
+    """Names of the Secrets a container reads into its environment."""
+    names = {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            names.add(ref["name"])
+    return names
+
+
+@pytest.mark.parametrize(("secret_name", "deployment", "folder"), KEY_SECRETS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_key_secrets_are_mounted_into_their_one_pod_only(
+    overlay: str, secret_name: str, deployment: str, folder: str
+) -> None:
+    from imgq.api_keys import parse_keys
+
+    manifests = rendered(overlay)
+    # No hash suffix: pods mount it by name and Kubernetes updates it in place.
+    key_secret = one(manifests, "Secret", secret_name)
+    placeholder = base64.b64decode(key_secret["data"][KEYS_FILE]).decode()
+    assert set(key_secret["data"]) == {KEYS_FILE}
+    assert parse_keys(placeholder) == [], "the committed placeholder holds no key"
+    for workload in workloads(manifests):
+        name = workload["metadata"]["name"]
+        mounts = secret_mounts(workload, secret_name)
+        for container in containers(workload):
+            assert secret_name not in secret_env_references(container), (name, container["name"])
+        if name != deployment:
+            assert mounts == [], f"{name} must not get {secret_name}"
+            continue
+        ((container, mount),) = mounts
+        assert container is main_containers(workload)[0]
+        assert mount["mountPath"] == folder
+        assert mount["readOnly"] is True
+        # subPath mounts are never updated by Kubernetes: a revoked key would keep working.
+        assert "subPath" not in mount and "subPathExpr" not in mount
+        mode = volumes(workload)[mount["name"]]["secret"]["defaultMode"]
+        assert mode & 0o007 == 0, "no access for other users"
+        assert env_var(container, "IMGQ_API_KEYS_FILE")["value"] == f"{folder}/{KEYS_FILE}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_api_and_the_webhooks_worker_read_a_keys_file(overlay: str) -> None:
+    manifests = rendered(overlay)
+    with_keys = {deployment for _, deployment, _ in KEY_SECRETS}
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            names = env_names(container)
+            assert "IMGQ_API_KEYS" not in names, "keys inline in a pod spec"
+            expected = workload["metadata"]["name"] in with_keys and container in (
+                main_containers(workload)
+            )
+            assert ("IMGQ_API_KEYS_FILE" in names) == expected, container["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_config_map_carries_no_keys(overlay: str) -> None:
+    settings = config(rendered(overlay))
+    assert not [key for key in settings if key.startswith("IMGQ_API_KEYS")]
+    assert not [value for value in settings.values() if "key_sha256" in value or "whsec_" in value]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_pod_mounts_a_secret_or_config_map_with_sub_path(overlay: str) -> None:
+    for workload in workloads(rendered(overlay)):
+        refreshed = {
+            name
+            for name, volume in volumes(workload).items()
+            if {"secret", "configMap", "projected"} & set(volume)
+        }
+        for container in containers(workload):
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in refreshed:
+                    assert "subPath" not in mount and "subPathExpr" not in mount, mount
+
+
+MODEL_WRITERS = {"imgq-api", "imgq-train-worker", "imgq-webhooks-worker"}
+"""Deployments that write the model store: dataset images, settings and events (API), new
+versions (training), the sweep and rollout policies (webhooks worker)."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prediction_pods_mount_the_models_read_only(overlay: str) -> None:
+    manifests = rendered(overlay)
+    settings = config(manifests)
+    for workload in workloads(manifests):
+        name = workload["metadata"]["name"]
+        claims = {
+            volume_name: volume
+            for volume_name, volume in volumes(workload).items()
+            if volume.get("persistentVolumeClaim", {}).get("claimName") == "imgq-models"
+        }
+        mounts = [
+            mount
+            for container in containers(workload)
+            for mount in container.get("volumeMounts", [])
+            if mount["name"] in claims
+        ]
+        if name == "imgq-predict-worker":
+            assert mounts and all(mount.get("readOnly") is True for mount in mounts)
+            assert all(v["persistentVolumeClaim"]["readOnly"] is True for v in claims.values())
+        elif name in MODEL_WRITERS:
+            assert mounts and not any(mount.get("readOnly") for mount in mounts), name
+        else:
+            assert not mounts, name
+    # What a prediction worker does write goes to its writable emptyDir.
+    predict = one(manifests, "Deployment", "imgq-predict-worker")
+    worker = main_containers(predict)[0]
+    for setting in ("IMGQ_MODEL_CACHE_DIR", "IMGQ_READY_FILE"):
+        (mount,) = [
+            m for m in worker["volumeMounts"] if settings[setting].startswith(m["mountPath"] + "/")
+        ]
+        assert "emptyDir" in volumes(predict)[mount["name"]] and not mount.get("readOnly")
+
+
+def test_prediction_pods_wait_for_the_api_to_prepare_the_store(tmp_path: Path) -> None:
+    from ml.registry import BUILTIN_MODEL_ID, ModelRegistry, prepare_store
+    from workers.model_cache import ModelCache
+
+    manifests = rendered("cpu")
+    predict = one(manifests, "Deployment", "imgq-predict-worker")
+    (init,) = init_containers(predict)
+    assert [m["mountPath"] for m in init["volumeMounts"]] == [config(manifests)["IMGQ_MODEL_STORE"]]
+    python, *argv = init["args"]
+    assert python == "python3"
+
+    def start_init(store: Path) -> subprocess.Popen[str]:
+        env = {**config(manifests), "IMGQ_MODEL_STORE": str(store), "PATH": os.environ["PATH"]}
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    # A store nobody can prepare yet (here: below a file; in the pod: read-only): it waits.
+    (tmp_path / "file").write_text("")
+    waiting = start_init(tmp_path / "file" / "models")
+    try:
+        assert waiting.stdout is not None
+        first_line = waiting.stdout.readline()
+        assert "waiting for the API to prepare the model store" in first_line
+        assert waiting.poll() is None
+    finally:
+        waiting.kill()
+        waiting.communicate(timeout=30)
+    # A store the API prepared: it returns at once and writes nothing, and neither does the
+    # worker's own start-up (ModelCache.ensure_default), so both work on the read-only mount.
+    store = tmp_path / "models"
+    settings = settings_from(config(manifests)).model_copy(update={"model_store": str(store)})
+    prepare_store(
+        ModelRegistry(str(store)),
+        legacy_namespace=settings.legacy_model_owner,
+        backbone=settings.default_backbone,
+        created_at=0.0,
+    )
+    before = {path: path.stat().st_mtime_ns for path in store.rglob("*")}
+    prepared = start_init(store)
+    assert prepared.communicate(timeout=60)[0] == ""
+    assert prepared.returncode == 0
+    assert ModelCache(settings).ensure_default() == BUILTIN_MODEL_ID
+    assert {path: path.stat().st_mtime_ns for path in store.rglob("*")} == before
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_is_on_a_command_line(overlay: str) -> None:
+    manifests = rendered(overlay)
+    values = [v for m in manifests if m["kind"] == "Secret" for v in m["data"].values()]
+    secrets = [base64.b64decode(value).decode() for value in values]
+    secrets = [value for value in secrets if len(value) > 4]  # not "[]\n"
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            argv = " ".join([*container.get("command", []), *container.get("args", [])])
+            assert not [value for value in secrets if value in argv], container["name"]
+            assert "requirepass" not in argv and " -a " not in argv
+            # Kubernetes expands $(NAME) in command and args: a Secret's variable there would
+            # put its value on the command line.
+            from_secrets = {
+                variable["name"]
+                for variable in container.get("env", [])
+                if "secretKeyRef" in variable.get("valueFrom", {})
+            }
+            assert not [name for name in from_secrets if f"$({name})" in argv], container["name"]
+
+
+def acl_template(manifests: list[Manifest]) -> str:
+    """The users of the Redis ACL file, before its init container puts the password hashes in."""
+    text: str = generated(manifests, "ConfigMap", "imgq-redis-acl")["data"]["users.acl"]
+    return text
+
+
+def acl_users(template: str) -> dict[str, list[str]]:
+    """The rules of each user in an ACL file (or its template)."""
+    users = {}
+    for line in template.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, name, *rules = line.split()
+            assert keyword == "user", line
+            users[name] = rules
+    return users
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_authenticates_as_the_read_only_keda_user(overlay: str) -> None:
+    manifests = rendered(overlay)
+    redis_secret = secret(manifests)
+    assert redis_secret["REDIS_KEDA_PASSWORD"] != redis_secret["REDIS_IMGQ_PASSWORD"]
+    keda = acl_users(acl_template(manifests))["keda"]
+    assert "@REDIS_KEDA_PASSWORD@" in keda and "-@all" in keda and "+@all" not in keda
+    for scaled_object in [m for m in manifests if m["kind"] == "ScaledObject"]:
+        (trigger,) = scaled_object["spec"]["triggers"]
+        metadata = trigger["metadata"]
+        assert not {"password", "username"} & set(metadata), "no credentials inline"
+        assert "authenticationRef" not in trigger
+        target = one(manifests, "Deployment", scaled_object["spec"]["scaleTargetRef"]["name"])
+        worker = main_containers(target)[0]
+        assert env_var(worker, metadata["usernameFromEnv"])["value"] == "keda"
+        password = env_var(worker, metadata["passwordFromEnv"])["valueFrom"]["secretKeyRef"]
+        assert password["name"] == generated(manifests, "Secret", "imgq-redis")["metadata"]["name"]
+        assert password["key"] == "REDIS_KEDA_PASSWORD"
+
+
+def render_acl(manifests: list[Manifest], tmp_path: Path, **extra: str) -> Path:
+    """Run the Redis init container's script here: the ACL file it would write."""
+    redis_set = one(manifests, "StatefulSet", "imgq-redis")
+    (init,) = init_containers(redis_set)
+    assert init["command"] == ["sh", "-c"]
+    template, rendered_file = tmp_path / "users.acl.template", tmp_path / "users.acl"
+    template.write_text(acl_template(manifests))
+    redis_secret = secret(manifests)
+    env = {
+        "PATH": os.environ["PATH"],
+        "ACL_TEMPLATE": str(template),
+        "ACL_FILE": str(rendered_file),
+    }
+    for variable in init["env"]:
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["key"] in redis_secret:
+            env[variable["name"]] = redis_secret[ref["key"]]
+    subprocess.run(["sh", "-c", init["args"][0]], env={**env, **extra}, check=True, timeout=30)
+    return rendered_file
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[Callable[[Path], int]]:
+    """Starts redis-server with an ACL file; returns its port."""
+    from imgq.local.supervisor import free_port, wait_until
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(acl_file: Path) -> int:
+        port = free_port()
+        argv = [tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+        argv += ["--aclfile", str(acl_file), "--save", "", "--appendonly", "no", "--dir"]
+        started.append(subprocess.Popen([*argv, str(tmp_path)], stdout=subprocess.DEVNULL))
+        wait_until(lambda: b"NOAUTH" in _raw_ping(port), 10, "redis-server")
+        return port
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def redis_as(port: int, user: str, password: str, protocol: int = 2) -> Any:
+    """A client of the local Redis logged in as ``user``; a refused login fails at once."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(
+        port=port, username=user, password=password, protocol=protocol, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def _raw_ping(port: int) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+        connection.sendall(b"PING\r\n")
+        return connection.recv(200)
+
+
+KEDA_SCRIPT = """
+    local listName = KEYS[1]
+    local listType = redis.call('type', listName).ok
+    local cmd = {zset = 'zcard', set = 'scard', list = 'llen', hash = 'hlen', none = 'llen'}
+    return redis.call(cmd[listType], listName)
+"""
+"""What KEDA's redis scaler runs to read a list's length (pkg/scalers/redis_scaler.go)."""
+
+
+def test_redis_users_per_role(tmp_path: Path, acl_redis: Callable[[Path], int]) -> None:
+    import redis
+
+    manifests = rendered("cpu")
+    redis_secret = secret(manifests)
+    acl_file = render_acl(manifests, tmp_path)
+    text = acl_file.read_text()
+    assert redis_secret["REDIS_IMGQ_PASSWORD"] not in text, "hashes only"
+    assert (acl_file.stat().st_mode & 0o077) == 0
+    port = acl_redis(acl_file)
+    url = urlparse(redis_secret["IMGQ_REDIS_URL"])
+
+    def client(user: str, password: str, protocol: int = 2) -> Any:
+        return redis_as(port, user, password, protocol)
+
+    def refused(call: Callable[[], object]) -> bool:
+        try:
+            call()
+        except redis.exceptions.NoPermissionError:
+            return True
+        except redis.ResponseError as exc:  # a script's call the ACL refused
+            return "can't run this command" in str(exc)
+        return False
+
+    # Nobody without a password.
+    assert b"NOAUTH" in _raw_ping(port)
+    with pytest.raises(redis.AuthenticationError):
+        client("default", "").ping()
+    with pytest.raises(redis.AuthenticationError):
+        client("imgq", redis_secret["REDIS_KEDA_PASSWORD"]).ping()
+
+    # imgq, with the URL's credentials: what the API, Celery/kombu and imgq send.
+    assert url.username and url.password
+    imgq = client(url.username, url.password)
+    assert imgq.ping()
+    imgq.client_setname("imgq-test")
+    assert "redis_version" in imgq.info()
+    imgq.set("job:1", "{}", ex=60, nx=True)
+    assert imgq.get("job:1") == b"{}"
+    imgq.expire("job:1", 30)
+    imgq.lpush("predict", "m1", "m2")
+    imgq.lpush("train", "t1")
+    assert imgq.brpop(["predict"], timeout=1) == (b"predict", b"m1")
+    with imgq.pipeline() as pipe:
+        pipe.zadd("unacked_index", {"tag": 1.0}).hset("unacked", "tag", "m").execute()
+    assert imgq.zrangebyscore("unacked_index", 0, 2) == [b"tag"]
+    assert imgq.register_script("return redis.call('get', KEYS[1])")(keys=["job:1"]) == b"{}"
+    assert imgq.publish("imgq:models", "x") == 0
+    subscriber = imgq.pubsub()
+    subscriber.subscribe("imgq:models")
+    subscriber.psubscribe("/0.celery.pidbox*")
+    subscriber.close()
+    assert client(url.username, url.password, protocol=3).ping()
+    for dangerous in (
+        imgq.flushall,
+        imgq.flushdb,
+        lambda: imgq.keys("*"),
+        lambda: imgq.config_get("*"),
+        lambda: imgq.config_set("maxmemory", "1"),
+        lambda: imgq.execute_command("SHUTDOWN", "NOSAVE"),
+        lambda: imgq.execute_command("ACL", "SETUSER", "keda", "+@all"),
+        imgq.bgsave,
+        imgq.client_list,
+        lambda: imgq.execute_command("REPLICAOF", "127.0.0.1", "1"),
+        lambda: imgq.execute_command("MODULE", "LIST"),
+    ):
+        assert refused(dangerous), dangerous
+
+    # keda: connect, then read the queue lengths, nothing else.
+    keda = client("keda", redis_secret["REDIS_KEDA_PASSWORD"], protocol=3)  # HELLO 3 AUTH ...
+    assert keda.ping()
+    assert [keda.eval(KEDA_SCRIPT, 1, queue) for queue in ("predict", "train", "webhooks")] == [
+        1,
+        1,
+        0,
+    ]
+    for forbidden in (
+        lambda: keda.eval(KEDA_SCRIPT, 1, "unacked"),
+        lambda: keda.eval("return redis.call('del', KEYS[1])", 1, "predict"),
+        lambda: keda.lpush("predict", "x"),
+        lambda: keda.rpop("predict"),
+        lambda: keda.get("job:1"),
+        lambda: keda.publish("imgq:models", "x"),
+        keda.flushall,
+        keda.info,
+    ):
+        assert refused(forbidden), forbidden
+    assert imgq.llen("predict") == 1
+
+
+def test_a_rotated_redis_password_works_beside_the_old_one(
+    tmp_path: Path, acl_redis: Callable[[Path], int]
+) -> None:
+    import redis
+
+    manifests = rendered("cpu")
+    old = secret(manifests)["REDIS_IMGQ_PASSWORD"]
+    new = "a-new-password-" + "f" * 32
+    port = acl_redis(
+        render_acl(manifests, tmp_path, REDIS_IMGQ_PASSWORD=new, REDIS_IMGQ_PASSWORD_PREVIOUS=old)
+    )
+    for password in (new, old):
+        assert redis_as(port, "imgq", password).ping()
+    (tmp_path / "after").mkdir()
+    port = acl_redis(render_acl(manifests, tmp_path / "after", REDIS_IMGQ_PASSWORD=new))
+    assert redis_as(port, "imgq", new).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis_as(port, "imgq", old).ping()
+    with pytest.raises(subprocess.CalledProcessError):  # an empty password is refused
+        render_acl(manifests, tmp_path, REDIS_KEDA_PASSWORD="")
+
+
+def test_the_redis_acl_script_passes_shellcheck(tmp_path: Path) -> None:
+    redis_set = one(rendered("cpu"), "StatefulSet", "imgq-redis")
+    (init,) = init_containers(redis_set)
+    script = tmp_path / "acl.sh"
+    script.write_text("#!/bin/sh\n" + init["args"][0])
+    result = subprocess.run(
+        [tool("shellcheck"), str(script)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_flower_is_not_deployed(overlay: str) -> None:
+    for workload in workloads(rendered(overlay)):
+        for container in containers(workload):
+            assert "flower" not in [*container.get("command", []), *container.get("args", [])]
+
+
+def test_renderer_generates_from_files_and_can_keep_the_name(tmp_path: Path) -> None:
+    (tmp_path / "keys.json").write_bytes(b"[]\r\n")
+    (tmp_path / "a.conf").write_text("x\n")
+    pod_spec = {
+        "containers": [{"name": "c", "image": "i"}],
+        "volumes": [
+            {"name": "a", "configMap": {"name": "conf"}},
+            {"name": "b", "secret": {"secretName": "keys"}},
+        ],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"spec": pod_spec}},
+    }
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    kustomization: Manifest = {
+        "resources": ["deployment.yaml"],
+        "configMapGenerator": [{"name": "conf", "files": ["a.conf"]}],
+        "secretGenerator": [
+            {
+                "name": "keys",
+                "files": ["k.json=keys.json"],
+                "options": {"disableNameSuffixHash": True},
+            }
+        ],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    manifests = render(tmp_path)
+    conf = generated(manifests, "ConfigMap", "conf")
+    assert conf["data"] == {"a.conf": "x\n"}
+    keys = one(manifests, "Secret", "keys")
+    assert base64.b64decode(keys["data"]["k.json"]) == b"[]\r\n"
+    (workload,) = workloads(manifests)
+    assert volumes(workload)["a"]["configMap"]["name"] == conf["metadata"]["name"]
+    assert volumes(workload)["b"]["secret"]["secretName"] == "keys"
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
+        output = subprocess.run(
+            [kubectl, "kustomize", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        assert sorted(yaml.safe_load_all(output), key=str) == sorted(manifests, key=str)
+    kustomization["secretGenerator"][0]["options"] = {"immutable": True}
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    with pytest.raises(KustomizeError, match="unsupported options"):
+        render(tmp_path)
 
 
 # --- The images --------------------------------------------------------------------------------
@@ -794,6 +1323,18 @@ def test_compose_settings_are_the_deployed_settings() -> None:
         for name in deployments:
             volumes = compose["services"][name.removeprefix("imgq-")]["volumes"]
             assert any(v.endswith(":" + env[setting]) for v in volumes), (name, setting)
+
+
+def test_compose_starts_flower_only_when_asked_and_only_for_this_machine() -> None:
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"], "Flower can revoke tasks and stop workers: opt-in"
+    assert all(str(port).startswith("127.0.0.1:") for port in flower["ports"])
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] is None  # passed on only when set
+    # The default `up` starts everything else.
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {"redis", "api", "predict-worker", "train-worker", "webhooks-worker"}
 
 
 def test_the_example_alert_rules_use_only_series_the_api_exports() -> None:

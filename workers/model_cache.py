@@ -119,15 +119,14 @@ class ModelCache:
             if len(self._loaded) <= limit:
                 return
             del self._loaded[key]
-        for key in list(self._loaded):
+        canaries = {(model, version) for model, (version, _) in self._canaries.items()}
+        for key in [key for key in self._loaded if key not in canaries]:
             if len(self._loaded) <= limit:
                 return
-            del self._loaded[key]
+            del self._loaded[key]  # canaries stay: they were loaded to be judged
             model, version = key
             if self._serving.get(model) == version:
                 del self._serving[model]
-            if model in self._canaries and self._canaries[model][0] == version:
-                del self._canaries[model]
 
     def serving_version(self, model: str) -> int:
         """The version an unpinned job of ``model`` gets: the canary with its probability once

@@ -14,19 +14,24 @@ worker mid-rollout loses nothing and repeats nothing:
   logs it only if its event was not logged yet.
 
 Per model, one step per check: finish a pending decision; else follow the retrain in flight
-(canary it once it succeeded); else judge the canary; else see whether a retrain is due.
+(canary it once it succeeded); else judge the canary; else see whether a retrain is due (only
+images that no version was trained on and no earlier retrain of the policy tried count, so an
+ended canary or a failed retrain is not retrained again on the same data).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from imgq import redis_keys
-from imgq.errors import ImgqError, NotFound, NothingNew
+from imgq.errors import ImgqError, ModelNotFound, NothingNew, VersionNotFound
 from imgq.jobs.status import JobStatus, JobType
 from imgq.jobs.store import new_job_id
 from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_event, publish
@@ -41,6 +46,12 @@ from ml.retrain import retrain_params
 from workers.context import WorkerApp, WorkerContext, context_of
 
 logger = logging.getLogger(__name__)
+
+RUN_LOCK_S = 600
+"""Longest a policy check may hold the lock that keeps two checks from overlapping."""
+
+TRIED_FIELD = "retrained_dataset_version"
+"""Field of the rollout state: the dataset version the policy's last retrain was started on."""
 
 
 @dataclass
@@ -84,6 +95,20 @@ def apply_policies(context: WorkerContext, app: WorkerApp) -> dict[str, str] | N
     interval = settings.rollout_check_interval_s
     if not context.redis.set(redis_keys.ROLLOUT_LEASE, "1", nx=True, ex=max(1, interval - 1)):
         return None
+    # The interval lease says when the next check is due; this lock makes sure two checks
+    # never overlap, however long one runs (a retrain claimed, its job not created yet).
+    running = context.redis.lock(redis_keys.ROLLOUT_RUNNING, timeout=RUN_LOCK_S)
+    if not running.acquire(blocking=False):
+        return None
+    try:
+        return _apply_all(context, app)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # it ran out first
+            running.release()
+
+
+def _apply_all(context: WorkerContext, app: WorkerApp) -> dict[str, str]:
+    settings = context.settings
     registry = ModelRegistry(settings.model_store, settings.model_cache_dir)
     datasets = DatasetStore(settings.model_store)
     done = {}
@@ -95,9 +120,12 @@ def apply_policies(context: WorkerContext, app: WorkerApp) -> dict[str, str] | N
                 context.redis.srem(redis_keys.ROLLOUT_MODELS, model)
                 continue
             done[model] = step(Rollout(context, app, registry, datasets, model, policy))
-        except NotFound:  # the model was deleted
+        except ModelNotFound:  # the model was deleted
             context.redis.srem(redis_keys.ROLLOUT_MODELS, model)
             context.redis.delete(redis_keys.rollout_state(model))
+        except ImgqError as exc:  # this model's step fails; the others' still run
+            logger.warning("rollout step failed: %s", exc.message, extra={"model": model})
+            done[model] = f"failed: {exc.code}"
     return done
 
 
@@ -130,12 +158,20 @@ def _finish(rollout: Rollout, pending: dict[str, Any]) -> str:
         redis_client.hset(rollout.key, "pending", json.dumps({**pending, "logged": True}))
     action = pending["action"]
     kind = str(action["kind"])
-    if kind == "canary":
-        rollout.registry.start_canary(rollout.model, action["version"], action["traffic"], SYSTEM)
-    elif kind == "promote":
-        rollout.registry.activate(rollout.model, action["version"])
-    elif kind == "end_canary":
-        rollout.registry.end_canary(rollout.model)
+    try:
+        if kind == "canary":
+            rollout.registry.start_canary(
+                rollout.model, action["version"], action["traffic"], SYSTEM
+            )
+        elif kind == "promote":
+            rollout.registry.activate(rollout.model, action["version"])
+        elif kind == "end_canary":
+            rollout.registry.end_canary(rollout.model)
+    except VersionNotFound:  # deleted since the decision: nothing left to do
+        logger.warning(
+            "the decision's version is gone",
+            extra={"model": rollout.model, "action": kind, "version": action.get("version")},
+        )
     announce_activation(redis_client, rollout.model)
     fields = ["pending", *(["retrain_job", "sent"] if action.get("ends_retrain") else [])]
     redis_client.hdel(rollout.key, *fields)
@@ -221,27 +257,50 @@ def _judge_canary(rollout: Rollout, canary: dict[str, Any]) -> str:
 
 
 def _retrain_reason(rollout: Rollout) -> str | None:
-    """Why a retrain is due, or None."""
+    """Why a retrain is due, or None.
+
+    Only images that no version of the model was trained on, and that no retrain of the policy
+    tried already, count: a canary that was ended (worse, timed out, stopped by hand) or a
+    retrain that failed is not followed by another retrain of the same images.
+    """
     policy, registry = rollout.policy, rollout.registry
     active = registry.get(rollout.model)
+    trained_on = active.training.get("dataset") or {}
+    owner, name = split_model_id(rollout.model)
+    dataset_name = trained_on.get("name", name)
+    dataset = model_id(str(owner), dataset_name)
+    latest = rollout.datasets.latest(dataset)
+    if latest is None:
+        return None
+    since = _newest_trained_on(rollout, dataset_name)
+    if since is not None and latest.version <= since:
+        return None  # nothing new since the last retrain
     if policy.get("retrain_on_drift") and rollout.context.redis.exists(
         redis_keys.monitor_drifted(rollout.model, active.version)
     ):
         return f"version {active.version} drifted"
     threshold = policy.get("retrain_after_feedback")
-    trained_on = active.training.get("dataset") or {}
     if not threshold or not trained_on:
         return None
-    owner, name = split_model_id(rollout.model)
-    dataset = model_id(str(owner), trained_on.get("name", name))
-    latest = rollout.datasets.latest(dataset)
-    if latest is None:
-        return None
-    added = rollout.datasets.additions(dataset, trained_on.get("version"), latest.version)
+    added = rollout.datasets.additions(dataset, since, latest.version)
     labelled = int(added["per_source"].get("feedback", 0))
     if labelled >= int(threshold):
-        return f"{labelled} labelled images from feedback since version {active.version}"
+        return f"{labelled} labelled images from feedback since dataset version {since}"
     return None
+
+
+def _newest_trained_on(rollout: Rollout, dataset_name: str) -> int | None:
+    """The newest version of the dataset that a version of the model was trained on, or that
+    a retrain of the policy was started on."""
+    found = []
+    for number in rollout.registry.versions(rollout.model):
+        record = rollout.registry.get(rollout.model, number).training.get("dataset") or {}
+        if record.get("name") == dataset_name and record.get("version") is not None:
+            found.append(int(record["version"]))
+    tried = rollout.state().get(TRIED_FIELD)
+    if tried is not None:
+        found.append(int(tried))
+    return max(found, default=None)
 
 
 def _maybe_retrain(rollout: Rollout) -> str:
@@ -259,6 +318,7 @@ def _maybe_retrain(rollout: Rollout) -> str:
     job_id = new_job_id()
     if not context.redis.hsetnx(rollout.key, "retrain_job", job_id):
         return "retrain claimed already"
+    context.redis.hset(rollout.key, TRIED_FIELD, str(params["dataset_version"]))
     owner, _ = split_model_id(rollout.model)
     context.jobs.create_job(job_id, JobType.FINETUNE, params, client=str(owner))
     rollout.publish(

@@ -24,8 +24,9 @@ from celery.signals import worker_process_init
 
 from imgq.errors import TrainingFailed
 from imgq.jobs.status import JobType
-from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_event
+from imgq.model_events import SYSTEM, ModelEvent, announce_activation, model_event, publish
 from imgq.queueing import FINETUNE_TASK
+from imgq.webhooks.events import WebhookEvents
 from ml.registry import ModelRegistry, split_model_id
 from ml.retrain import RETRAIN_PARAMETER
 from workers.context import WorkerApp, WorkerContext, context_of
@@ -113,6 +114,21 @@ def _log_publication(
         if result["activated"]:
             registry.record_event(
                 model, model_event(ModelEvent.ACTIVATED, SYSTEM, version=version, reason=reason)
+            )
+        if result.get("ended_canary") is not None:
+            owner, name = split_model_id(model)
+            publish(
+                model_event(
+                    ModelEvent.CANARY_ENDED,
+                    SYSTEM,
+                    version=result["ended_canary"],
+                    reason=f"version {version} was activated by the gate",
+                ),
+                record=lambda entry: registry.record_event(model, entry),
+                webhooks=WebhookEvents(context.redis, context.settings.job_ttl_s),
+                callback_url=registry.model_settings(model).get("callback_url"),
+                owner=str(owner),
+                model=name,
             )
     except OSError as exc:  # the version is published either way; the log is a record of it
         logger.warning("could not log the publication: %s", exc, extra={"job_id": job_id})

@@ -1,8 +1,9 @@
 """A renderer for the subset of Kustomize that ``deploy/`` uses, so the deploy tests run offline.
 
 ``render(directory)`` builds a kustomization as ``kustomize build`` does: resources (files and
-kustomization directories, built first), ConfigMap and Secret generators with kustomize's
-content-hash name suffix, strategic-merge and JSON 6902 patches, namespace, labels and images.
+kustomization directories, built first), ConfigMap and Secret generators (env files, files and
+literals) with kustomize's content-hash name suffix unless disabled, strategic-merge and JSON
+6902 patches, namespace, labels and images.
 Anything outside that subset raises ``KustomizeError`` rather than rendering something
 kustomize would render differently; and unlike kustomize, a patch that matches no resource is
 an error. ``tests/test_deploy.py`` checks the output against ``kubectl kustomize`` where kubectl
@@ -93,16 +94,19 @@ class Build:
 
     resources: list[Manifest]
     generated: set[tuple[str, str]] = field(default_factory=set)
+    unhashed: set[tuple[str, str]] = field(default_factory=set)
+    """Generated objects that keep their name (``options: {disableNameSuffixHash: true}``)."""
 
 
 def render(directory: Path) -> list[Manifest]:
     """Render a kustomization directory as ``kustomize build`` does, for the supported subset.
 
     Supported: ``resources`` (files and directories), ``configMapGenerator`` and
-    ``secretGenerator`` (``envs``, ``literals``, ``behavior``) with their content-hash name
-    suffix, ``patches`` (strategic merge for built-in kinds, JSON 6902 with a target),
-    ``namespace``, ``labels`` (``includeTemplates``) and ``images``. Unlike kustomize, a patch
-    that matches no resource is an error.
+    ``secretGenerator`` (``envs``, ``files``, ``literals``, ``behavior``; ``options`` with
+    ``disableNameSuffixHash`` only) with their content-hash name suffix, ``patches`` (strategic
+    merge for built-in kinds, JSON 6902 with a target), ``namespace``, ``labels``
+    (``includeTemplates``) and ``images``. Unlike kustomize, a patch that matches no resource is
+    an error.
 
     Args:
         directory: a folder holding ``kustomization.yaml``.
@@ -117,7 +121,7 @@ def render(directory: Path) -> list[Manifest]:
     renames = {}
     for manifest in build.resources:
         key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in build.generated:
+        if key in build.generated and key not in build.unhashed:
             renames[key] = f"{key[1]}-{kustomize_hash(manifest)}"
             manifest["metadata"]["name"] = renames[key]
     for manifest in build.resources:
@@ -163,6 +167,7 @@ def _load(path: Path, build: Build) -> None:
         sub = _build(path.resolve())
         build.resources += sub.resources
         build.generated |= sub.generated
+        build.unhashed |= sub.unhashed
     else:
         build.resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
@@ -191,10 +196,19 @@ def kustomize_base64(value: str) -> str:
 
 def _generate(directory: Path, kind: str, spec: Manifest, build: Build) -> None:
     """Run one ``configMapGenerator`` or ``secretGenerator`` entry: create, merge or replace."""
-    allowed = {"name", "envs", "literals", "behavior"} | ({"type"} if kind == "Secret" else set())
+    allowed = {"name", "envs", "files", "literals", "behavior", "options"}
+    allowed |= {"type"} if kind == "Secret" else set()
     if set(spec) - allowed:
         raise KustomizeError(f"{spec.get('name')}: unsupported fields {set(spec) - allowed}")
+    options = spec.get("options", {})
+    if set(options) - {"disableNameSuffixHash"}:
+        raise KustomizeError(f"{spec['name']}: unsupported options {sorted(options)}")
     pairs = [pair for env in spec.get("envs", []) for pair in _read_env_file(directory / env)]
+    for entry in spec.get("files", []):  # "path" (the key is its file name) or "key=path"
+        key, sep, path = entry.partition("=")
+        if not sep:
+            key, path = Path(entry).name, entry
+        pairs.append((key, (directory / path).read_bytes().decode()))  # as is, no newline changes
     for literal in spec.get("literals", []):
         key, sep, value = literal.partition("=")
         if not sep or value[:1] in {"'", '"'}:
@@ -216,6 +230,8 @@ def _generate(directory: Path, kind: str, spec: Manifest, build: Build) -> None:
             manifest["type"] = spec.get("type", "Opaque")
         build.resources.append(manifest)
         build.generated.add((kind, name))
+        if options.get("disableNameSuffixHash"):
+            build.unhashed.add((kind, name))
     elif behavior in {"merge", "replace"} and existing and (kind, name) in build.generated:
         existing[0]["data"] = {**existing[0]["data"], **data} if behavior == "merge" else data
     else:

@@ -33,6 +33,21 @@ def containers(manifest: Manifest) -> list[Manifest]:
     ]
 
 
+def main_containers(manifest: Manifest) -> list[Manifest]:
+    """A workload's containers without its init containers."""
+    return [container for pod_spec in pod_specs(manifest) for container in pod_spec["containers"]]
+
+
+def init_containers(manifest: Manifest) -> list[Manifest]:
+    """A workload's init containers."""
+    return [c for pod_spec in pod_specs(manifest) for c in pod_spec.get("initContainers", [])]
+
+
+def volumes(manifest: Manifest) -> dict[str, Manifest]:
+    """A workload's pod volumes by name."""
+    return {v["name"]: v for pod_spec in pod_specs(manifest) for v in pod_spec.get("volumes", [])}
+
+
 def split_image(image: str) -> tuple[str, str | None, str | None]:
     """``name[:tag][@digest]`` into its parts (a registry port is part of the name)."""
     name, _, digest = image.partition("@")
@@ -97,6 +112,13 @@ def role(workload: Manifest) -> str:
 def env_names(container: Manifest) -> set[str]:
     """Names of the variables a container sets one by one."""
     return {variable["name"] for variable in container.get("env", [])}
+
+
+def env_var(container: Manifest, name: str) -> Manifest:
+    """The container's ``env`` entry of that name, or fail."""
+    found: list[Manifest] = [v for v in container.get("env", []) if v["name"] == name]
+    assert len(found) == 1, f"{container['name']}: expected one variable {name}"
+    return found[0]
 
 
 def probe_command(probe: Manifest) -> str:
