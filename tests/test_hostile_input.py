@@ -17,8 +17,10 @@ Payloads are built lazily (and cached) so that collecting the suite stays cheap.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import struct
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -218,6 +220,18 @@ VALIDATION = "validation_error"
 BOMB = "decompression_bomb"
 BAD_CALLBACK = "invalid_callback_url"
 BAD_ARCHIVE = "invalid_archive"
+
+
+def _long_name_tar() -> bytes:
+    """A 200 kB .tar.gz whose one member has a 200 MB GNU long name (tarfile alone reads it
+    whole, for seconds of CPU, before any limit of ours applies)."""
+    size = 200 * 1024 * 1024 + 1
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = tarfile.GNUTYPE_LONGNAME, size
+    megabyte = gzip.compress(b"a" * 1024 * 1024, compresslevel=9)
+    return gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT)) + megabyte * 200
+
+
 NO_JOB = "job_not_found"
 UNKNOWN_JOB = "/jobs/0123456789abcdef"
 EXPORTS = "/models/imagenet/versions/1/exports"
@@ -447,6 +461,13 @@ FINETUNE_CASES = [
     Case("finetune-zip-absolute-path", finetune(_with_member("/etc/evil.jpg")), 400, BAD_ARCHIVE),
     Case("finetune-zip-symlink", finetune(_symlink_zip), 400, BAD_ARCHIVE),
     Case("finetune-zip-bomb", finetune(_zip_bomb), 413, "archive_too_large"),
+    Case(
+        "finetune-tar-200mb-long-name",
+        finetune(_long_name_tar, "dataset.tar.gz"),
+        413,
+        "archive_too_large",
+    ),
+    Case("finetune-zip-deep-path", finetune(_with_member("a/" * 8000 + "x.jpg")), 400, BAD_ARCHIVE),
     Case(
         "finetune-single-class",
         finetune(lambda: zip_archive(_classes("cats"))),
