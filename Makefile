@@ -13,7 +13,7 @@ lint: setup
 	.venv/bin/mypy
 
 test: lint
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest --durations=15
 
 bench: setup
 	.venv/bin/python bench/throughput.py
