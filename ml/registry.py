@@ -227,7 +227,8 @@ class ModelRegistry(StoreFiles):
 
     def read_file(self, name: str, version: int, file_name: str) -> bytes:
         """One file of a version (an artifact), wherever the store is."""
-        if "/" in file_name or file_name.startswith("."):
+        parts = file_name.split("/")
+        if any(not part or part.startswith(".") for part in parts):  # no "..", no hidden files
             raise VersionNotFound(f"No file {file_name!r} in the version.", {"file": file_name})
         return bytes(
             self.fs.cat_file(posixpath.join(self._model_path(name), str(version), file_name))

@@ -148,3 +148,11 @@ def test_a_deleted_version_or_model_is_gone_whole(registry: ModelRegistry) -> No
     assert not registry.exists(pets) and pets not in registry.models()
     with pytest.raises(ModelNotFound):
         registry.versions(pets)
+
+
+def test_a_version_file_name_cannot_leave_the_version(registry: ModelRegistry) -> None:
+    _publish(registry, "pets", b"weights")
+    assert json.loads(registry.read_file("pets", 1, "evaluation.json")) == {"accuracy": 0.9}
+    for name in ("../active", "exports/../../active", ".hidden", "/etc/passwd", ""):
+        with pytest.raises(VersionNotFound):
+            registry.read_file("pets", 1, name)
