@@ -26,7 +26,6 @@ from api.submission import enqueue_or_undo, submission_endpoint
 from imgq.api_keys import Role
 from imgq.errors import (
     Forbidden,
-    ImgqError,
     InvalidRequest,
     TooManyImages,
     UnsupportedMediaType,
@@ -38,7 +37,7 @@ from imgq.jobs.store import new_job_id
 from imgq.queueing import send_predict_messages
 from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
-from ml.preprocess import ImageLimits, check_image
+from ml.preprocess import ImageLimits, check_images
 from ml.registry import split_model_id
 
 blp = Blueprint("predict", __name__, url_prefix="/jobs", description="Prediction jobs")
@@ -89,13 +88,13 @@ def _check_images(images: list[bytes]) -> None:
             f"{len(images)} images in one job; the limit is {settings.max_images_per_job}.",
             {"count": len(images), "limit": settings.max_images_per_job},
         )
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-    for index, image in enumerate(images):
-        try:
-            check_image(image, limits)
-        except ImgqError as exc:
-            exc.details = {**(exc.details or {}), "image": index}
-            raise
+    limits = ImageLimits(
+        settings.max_image_bytes,
+        settings.max_image_pixels,
+        settings.max_decode_bytes,
+        settings.max_concurrent_decodes,
+    )
+    check_images(images, limits, settings.max_request_pixels)
 
 
 def _retains(model: str, asked: bool | None) -> bool:

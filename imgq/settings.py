@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     """Largest decoded width x height, against decompression bombs."""
     max_images_per_job: PositiveInt = 64
     """Most images one predict job may carry."""
+    max_request_pixels: PositiveInt = 160_000_000
+    """Most pixels a predict request's images may declare together (width x height, summed;
+    ``400 decompression_bomb`` beyond), read from their headers before any is decoded: four
+    images at ``max_image_pixels``, 1 to 6 s of one core as PNGs. Ordinary JPEG photographs
+    (a quarter of a byte a pixel or more) declare less in ``max_request_bytes``."""
+    max_decode_bytes: PositiveInt = 200 * 1024 * 1024
+    """Most memory one image's decode may need, estimated from its header before any pixel is
+    decoded (``400 decompression_bomb`` beyond; the estimate is in ``ml.preprocess``): 156 MiB
+    for a 40 MP PNG, 17 bytes a pixel for a WebP (so WebPs up to 12 MP)."""
+    max_concurrent_decodes: PositiveInt = 1
+    """Full decodes (over 4 MiB: a large PNG, WebP, GIF, BMP, TIFF or progressive JPEG) one
+    process runs at once, on its own decode threads; others wait, smaller ones do not. Each
+    process then needs at most this x (``max_decode_bytes`` + 20 MiB) + 16 MiB to decode:
+    with 1, two gunicorn workers fit the API pod's 768 MiB (one core decodes no faster)."""
     predict_check_interval_s: PositiveInt = 30
     """How often the reaper looks at a predict job that is still open: images with no result
     and no message anywhere (kombu loses one if a worker dies between taking it from the

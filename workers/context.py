@@ -58,7 +58,12 @@ class WorkerContext:
             heartbeats=HeartbeatRegistry(client),
             predict_checks=PredictChecks(client),
             deliveries=DeliveryStore(client, settings.job_ttl_s),
-            image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+            image_limits=ImageLimits(
+                settings.max_image_bytes,
+                settings.max_image_pixels,
+                settings.max_decode_bytes,
+                settings.max_concurrent_decodes,
+            ),
             model_cache=cache,
         )
 
