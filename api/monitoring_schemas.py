@@ -60,24 +60,26 @@ class MonitoringQuerySchema(Schema):
     )
 
 
-class ClassDriftSchema(Schema):
+class DriftTestSchema(Schema):
+    """What every drift test reports (all null when it could not run)."""
+
+    statistic = fields.Float(allow_none=True)
+    p_value = fields.Float(allow_none=True)
+    drifted = fields.Boolean(allow_none=True)
+
+
+class ClassDriftSchema(DriftTestSchema):
     """Chi-square test of the predicted classes."""
 
     observed = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
     reference = fields.Dict(keys=fields.String(), values=fields.Float(), allow_none=True)
-    statistic = fields.Float(allow_none=True)
-    p_value = fields.Float(allow_none=True)
-    drifted = fields.Boolean(allow_none=True)
 
 
-class ConfidenceDriftSchema(Schema):
+class ConfidenceDriftSchema(DriftTestSchema):
     """Kolmogorov-Smirnov test of the top-1 confidences."""
 
     observed_mean = fields.Float(allow_none=True)
     reference_mean = fields.Float(allow_none=True)
-    statistic = fields.Float(allow_none=True)
-    p_value = fields.Float(allow_none=True)
-    drifted = fields.Boolean(allow_none=True)
 
 
 class ClassAccuracySchema(Schema):

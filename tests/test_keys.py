@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ import numpy as np
 import pytest
 import requests
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 from imgq.api_keys import locked_key_file, read_key_entries, write_key_entries
 from imgq.local.supervisor import wait_until
@@ -33,6 +31,7 @@ from imgq.settings import Settings
 from imgq.webhooks.signing import signatures
 from tests.support.http import credentials, http, wait_for_job
 from tests.support.images import jpeg_bytes
+from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -128,19 +127,6 @@ def test_a_revoked_key_is_refused_within_seconds_without_a_restart(
         assert _jobs_status(api_server, key) == 401
     for client in ("admin", "alice"):  # everyone else is unaffected
         assert _jobs_status(api_server, credentials.keys[client]) == 200
-
-
-class Receiver:
-    """Answers 200 and keeps every request's headers and body."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append((dict(request.headers), request.get_data()))
-        return Response("ok", status=200)
 
 
 def _submit(base: str, key: str, callback: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import pytest
 import redis
 import requests
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 from imgq import redis_keys
 from imgq.jobs.store import JobStore, new_job_id
@@ -43,6 +41,7 @@ from tests.support.datasets import (
 )
 from tests.support.http import Http, credentials, http, wait_for_job
 from tests.support.metrics import scrape_url
+from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -140,19 +139,6 @@ def _feedback_totals(base: str) -> dict[str, float]:
         outcome: samples.get(_version_labels("imgq_feedback_total", outcome=outcome), 0.0)
         for outcome in ("correct", "incorrect")
     }
-
-
-class Receiver:
-    """Answers 200 and keeps every request it gets."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append((dict(request.headers), request.get_data()))
-        return Response("ok", status=200)
 
 
 # --- fixtures --------------------------------------------------------------------------------

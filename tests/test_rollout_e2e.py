@@ -24,11 +24,9 @@ forced).
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -40,7 +38,6 @@ import pytest
 import redis
 import requests
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 from imgq import redis_keys
 from imgq.local.supervisor import Service, process_tree, start_webhooks_worker, wait_until
@@ -51,6 +48,7 @@ from ml.registry import model_id
 from tests.support.datasets import PHOTOS, class_entries, make_dataset_zip, submit_finetune
 from tests.support.http import credentials, http, wait_for_job
 from tests.support.services import start_with_own_metrics
+from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -276,28 +274,6 @@ def _label(base: str, served: list[Served], right: int) -> None:
     for job in served:
         truth = job.top1 if job.version == right else _other_class(job.top1)
         _feedback(base, job.job_id, [truth])
-
-
-class Receiver:
-    """Answers 200 and keeps every request it gets."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append((dict(request.headers), request.get_data()))
-        return Response("ok", status=200)
-
-    def documents(self) -> list[dict[str, Any]]:
-        """The bodies received, in order."""
-        with self.lock:
-            return [json.loads(body) for _, body in self.requests]
-
-    def types(self) -> list[str]:
-        """The event types received, in order."""
-        return [str(document["type"]) for document in self.documents()]
 
 
 def _kill_tree(service: Service) -> None:

@@ -6,34 +6,18 @@ import base64
 import hashlib
 import hmac
 import re
-import threading
 import time
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 from imgq.local.supervisor import REPO, Service, free_port
 from tests.support.http import credentials, http, wait_for_job
 from tests.support.metrics import scrape_url
+from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
-
-
-class Receiver:
-    """Answers with a scripted sequence of statuses and keeps every request."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, request: Request) -> Response:
-        with self.lock:
-            self.requests.append((dict(request.headers), request.get_data()))
-            status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
-        return Response("ok", status=status)
 
 
 def readme_verifier() -> Any:

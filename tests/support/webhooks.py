@@ -1,0 +1,34 @@
+"""A webhook receiver for tests: answers a scripted sequence of statuses, keeps every request."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from werkzeug import Request, Response
+
+
+class Receiver:
+    """A ``pytest_httpserver`` handler that answers ``statuses`` in turn (the last one from
+    then on; ``200`` by default) and keeps every request's headers and body."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = statuses or [200]
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Response:
+        with self.lock:
+            self.requests.append((dict(request.headers), request.get_data()))
+            status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
+        return Response("ok", status=status)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The bodies received, in order."""
+        with self.lock:
+            return [json.loads(body) for _, body in self.requests]
+
+    def types(self) -> list[str]:
+        """The event types received, in order."""
+        return [str(document["type"]) for document in self.documents()]
