@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import (
     datasets,
+    docs,
     exports,
     feedback,
     finetune,
@@ -20,7 +21,7 @@ from api import (
     predict,
     rollout,
 )
-from api.auth import install_auth
+from api.auth import BEARER_SCHEME, BEARER_SECURITY_SCHEME, install_auth
 from api.errors import ImgqApi, register_error_handlers
 from api.quotas import install_rate_limit
 from api.services import Services
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={"security": [{BEARER_SCHEME: []}]},  # open operations say otherwise
+        **docs.OPENAPI_DOCS_CONFIG,
     )
     client = redis.Redis.from_url(
         settings.redis_url,
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_auth(app, keys)
     install_rate_limit(app)
     rest_api = ImgqApi(app)
+    rest_api.spec.components.security_scheme(BEARER_SCHEME, BEARER_SECURITY_SCHEME)
     # The whole route map: one blueprint per module, in the order the OpenAPI document lists them.
     for blueprint in (
         health.blp,
@@ -110,5 +114,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     ):
         rest_api.register_blueprint(blueprint)
     app.register_blueprint(metrics.blp)  # plain Flask: not part of the OpenAPI document
+    app.register_blueprint(docs.blp)  # Swagger UI's files for /docs, likewise
     register_error_handlers(app)
     return app

@@ -1,8 +1,10 @@
 """Bearer-key authentication and the two roles, applied to every request in one place.
 
-Health, readiness and metrics stay open for probes and scrapers; everything else needs
-``Authorization: Bearer <key>``. A client sees only its own jobs: another client's job id is
-answered exactly like an unknown one (404), so ids cannot be probed.
+Health, readiness and metrics stay open for probes and scrapers, and the OpenAPI document and
+the ``/docs`` page for readers who have no key yet; everything else needs
+``Authorization: Bearer <key>``, which the OpenAPI document declares as its security scheme.
+A client sees only its own jobs: another client's job id is answered exactly like an unknown
+one (404), so ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -13,8 +15,31 @@ from api.errors import imgq_error_response
 from imgq.api_keys import ApiKey, ReloadingKeyRing, Role
 from imgq.errors import Forbidden, JobNotFound, Unauthorized
 
-OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
+OPEN_ENDPOINTS = frozenset(
+    {
+        "health.healthz",
+        "health.readyz",
+        "metrics.metrics",
+        # flask-smorest's own blueprint ("api-docs"): the document and the Swagger UI page
+        "api-docs.openapi_json",
+        "api-docs.openapi_swagger_ui",
+        "docs.swagger_ui_asset",
+    }
+)
 """Endpoints that answer without a key."""
+
+BEARER_SCHEME = "bearerAuth"
+"""Name of the OpenAPI security scheme every operation but the open ones requires."""
+
+BEARER_SECURITY_SCHEME: dict[str, str] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An imgq API key, sent as `Authorization: Bearer <key>`.",
+}
+"""The scheme as OpenAPI describes it; Swagger UI's "Authorize" button asks for the key."""
+
+OPEN_OPERATION: dict[str, list[dict[str, list[str]]]] = {"security": []}
+"""``@blp.doc(**OPEN_OPERATION)`` marks a documented operation that needs no key."""
 
 
 def current_client() -> ApiKey:

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from api.auth import OPEN_OPERATION
 from api.schemas import ErrorEnvelopeSchema, HealthSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
@@ -14,6 +15,7 @@ blp = Blueprint("health", __name__, description="Process health")
 
 
 @blp.route("/healthz")
+@blp.doc(**OPEN_OPERATION)
 @blp.response(200, HealthSchema)
 def healthz() -> dict[str, Any]:
     """The process is up."""
@@ -21,6 +23,7 @@ def healthz() -> dict[str, Any]:
 
 
 @blp.route("/readyz")
+@blp.doc(**OPEN_OPERATION)
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, schema=ErrorEnvelopeSchema)
 def readyz() -> dict[str, Any]:

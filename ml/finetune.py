@@ -3,8 +3,9 @@
 Called by the training worker; kept free of Celery and Redis so it can be tested and reused
 directly. The steps: store the uploaded archive, if there is one, as the dataset's next version
 (``ml.dataset_ingest``), decode that version's images from the store (skipping and reporting
-purged ones), train, evaluate on the version's test split, write the model, report and plots
-into a staging directory, publish it as the next version, and activate it by the gate below.
+purged ones), train (logging both phases for TensorBoard), evaluate on the version's test split,
+write the model, report, plots and zipped TensorBoard logs into a staging directory, publish it
+as the next version, and activate it by the gate below.
 
 The gate evaluates the active version on the same test split. With the same classes, the new
 version is activated when it is at least as accurate. When the new version's classes strictly
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,13 +41,15 @@ from ml.preprocess import ImageLimits
 from ml.registry import (
     ARTIFACTS,
     REFERENCE_FILE,
+    TENSORBOARD_FILE,
     ModelRegistry,
     ModelVersion,
     publish_version,
     split_model_id,
     staging_dir,
 )
-from ml.train import TrainConfig, TrainingHooks, train_classifier
+from ml.tensorboard_logs import zip_logs
+from ml.train import TrainConfig, TrainingHooks, TrainingOutcome, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +244,31 @@ def _dataset_version(
     return datasets.get(request.dataset, ingested["version"]), ingested
 
 
+def _train_logged(
+    backbone: keras.Model,
+    splits: Splits,
+    request: FinetuneRequest,
+    hooks: TrainingHooks,
+    scratch: Path,
+) -> tuple[TrainingOutcome, bytes]:
+    """Train both phases with TensorBoard logging; the logs come back zipped, their folder gone.
+
+    The event files are written outside the staging directory, which must hold plain files only
+    (an object store receives it file by file), and are zipped once training has ended.
+    """
+    with tempfile.TemporaryDirectory(prefix="tensorboard-", dir=scratch) as log_dir:
+        outcome = train_classifier(
+            backbone,
+            len(splits.layout.classes),
+            splits.arrays["train"],
+            splits.arrays["validation"],
+            config=request.config,
+            hooks=hooks,
+            log_dir=Path(log_dir),
+        )
+        return outcome, zip_logs(Path(log_dir))
+
+
 def run_finetune(
     request: FinetuneRequest,
     registry: ModelRegistry,
@@ -259,14 +288,7 @@ def run_finetune(
     dataset, ingested = _dataset_version(request, datasets, scratch)
     splits = load_version_splits(datasets, dataset, request, image_size)
     classes = list(splits.layout.classes)
-    outcome = train_classifier(
-        backbone,
-        len(classes),
-        splits.arrays["train"],
-        splits.arrays["validation"],
-        config=request.config,
-        hooks=hooks,
-    )
+    outcome, tensorboard_zip = _train_logged(backbone, splits, request, hooks, scratch)
     images, labels = splits.arrays["test"]
     probabilities = outcome.model.predict(images, verbose=0)
     report = evaluate_predictions(probabilities, labels, classes)
@@ -289,6 +311,7 @@ def run_finetune(
     (staged / REFERENCE_FILE).write_text(json.dumps(reference))
     plot_training_curves(outcome.history, staged / "training_curves.png", outcome.phase_boundary)
     plot_confusion_matrix(report["confusion_matrix"], classes, staged / "confusion_matrix.png")
+    (staged / TENSORBOARD_FILE).write_bytes(tensorboard_zip)
     dataset_record = {
         "name": split_model_id(dataset.dataset)[1],
         "version": dataset.version,

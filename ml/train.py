@@ -10,7 +10,8 @@ The recipe of the Keras transfer-learning guide, made fast and controllable:
   BatchNorm layers stay in inference mode and keep their ImageNet statistics;
 * both phases stop early and lower the learning rate on a validation-loss plateau, weight
   classes when they are imbalanced, and report progress (and honour cancellation) through
-  ``TrainingHooks`` after every batch.
+  ``TrainingHooks`` after every batch; given a ``log_dir``, each logs its epochs for
+  TensorBoard (``ml.tensorboard_logs``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
+
+from ml.tensorboard_logs import tensorboard_callback
 
 IMBALANCE_RATIO = 1.5
 """Largest/smallest class count above which classes are weighted."""
@@ -175,8 +179,9 @@ def _fit(
     config: TrainConfig,
     progress: _Progress,
     num_classes: int,
+    log_dir: Path | None,
 ) -> dict[str, list[float]]:
-    callbacks = [
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         ),
@@ -185,6 +190,8 @@ def _fit(
         ),
         progress,
     ]
+    if log_dir is not None:
+        callbacks.append(tensorboard_callback(log_dir))
     history = model.fit(
         _dataset(*train, config.batch_size, shuffle=True, seed=config.seed),
         validation_data=_dataset(*validation, config.batch_size, shuffle=False, seed=0),
@@ -221,8 +228,12 @@ def train_head(
     *,
     total_epochs: int,
     cache_features: bool,
+    log_dir: Path | None = None,
 ) -> dict[str, list[float]]:
-    """Phase 1: train the head with the backbone frozen, on cached features when possible."""
+    """Phase 1: train the head with the backbone frozen, on cached features when possible.
+
+    ``log_dir``, when given, receives the phase's TensorBoard event files.
+    """
     num_classes = int(parts.head[-1].units)
     parts.backbone.trainable = False
     progress = _Progress(hooks, "head", 0, total_epochs)
@@ -236,6 +247,7 @@ def train_head(
             config=config,
             progress=progress,
             num_classes=num_classes,
+            log_dir=log_dir,
         )
     features = [
         extract_features(parts.backbone, x, config.batch_size) for x in (train[0], validation[0])
@@ -254,6 +266,7 @@ def train_head(
         config=config,
         progress=progress,
         num_classes=num_classes,
+        log_dir=log_dir,
     )
 
 
@@ -280,8 +293,13 @@ def fine_tune(
     validation: tuple[NDArray[np.uint8], NDArray[np.int32]],
     config: TrainConfig,
     hooks: TrainingHooks,
+    *,
+    log_dir: Path | None = None,
 ) -> dict[str, list[float]]:
-    """Phase 2: unfreeze the top of the backbone and train end to end with a low rate."""
+    """Phase 2: unfreeze the top of the backbone and train end to end with a low rate.
+
+    ``log_dir``, when given, receives the phase's TensorBoard event files.
+    """
     unfreeze_top(parts.backbone, config.unfreeze)
     _compile(parts.model, config.fine_tune_learning_rate)  # recompile after changing trainable
     progress = _Progress(hooks, "fine_tune", config.epochs, config.epochs + config.fine_tune_epochs)
@@ -294,6 +312,7 @@ def fine_tune(
         config=config,
         progress=progress,
         num_classes=num_classes,
+        log_dir=log_dir,
     )
 
 
@@ -305,8 +324,22 @@ def train_classifier(
     *,
     config: TrainConfig,
     hooks: TrainingHooks,
+    log_dir: Path | None = None,
 ) -> TrainingOutcome:
     """Run both phases and return the trained classifier with its merged history.
+
+    Args:
+        backbone: the pretrained feature extractor.
+        num_classes: classes of the new head.
+        train: training images and labels.
+        validation: validation images and labels (early stopping and the plateau watch them).
+        config: the job's training parameters.
+        hooks: where progress goes and cancellation comes from.
+        log_dir: where to write TensorBoard event files, one run per phase (``head/``,
+            ``fine_tune/``); None writes none.
+
+    Returns:
+        The classifier, its history over both phases and where phase 2 began.
 
     Raises:
         TrainingCanceled: ``hooks.report`` asked to stop; nothing should be published.
@@ -327,13 +360,21 @@ def train_classifier(
         hooks,
         total_epochs=total,
         cache_features=not config.augment,
+        log_dir=None if log_dir is None else log_dir / "head",
     )
     outcome = TrainingOutcome(parts.model, history, len(history.get("loss", [])))
     outcome.phase_seconds["head"] = time.monotonic() - started
     if config.fine_tune_epochs > 0 and config.unfreeze > 0:
         started = time.monotonic()
         with strategy.scope():
-            tuned = fine_tune(parts, train, validation, config, hooks)
+            tuned = fine_tune(
+                parts,
+                train,
+                validation,
+                config,
+                hooks,
+                log_dir=None if log_dir is None else log_dir / "fine_tune",
+            )
         for key, values in tuned.items():
             outcome.history.setdefault(key, []).extend(values)
         outcome.phase_seconds["fine_tune"] = time.monotonic() - started

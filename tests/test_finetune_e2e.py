@@ -8,7 +8,10 @@ of scikit-image's cat, coffee cup and rocket, at a small size so training takes 
 from __future__ import annotations
 
 import base64
+import io
+import socket
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,41 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     assert pinned["result"]["version"] == 2
     durations = scrape_url(f"{train_worker.url}/metrics")
     assert durations["imgq_finetune_duration_seconds_count{}"] >= 2
+
+
+def test_finetune_logs_both_phases_for_tensorboard(
+    api_server: str, pets_v1: dict[str, Any], tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    assert pets_v1["status"] == "succeeded", pets_v1
+    assert "tensorboard.zip" in pets_v1["result"]["artifacts"]
+    url = f"{api_server}/models/pets/versions/1/artifacts/tensorboard.zip"
+    response = http.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert len(response.content) < 100_000  # epoch scalars only: no histograms, graph, profile
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path)
+    assert not any(socket.gethostname() in name for name in names)  # the worker's host is ours
+    runs = {str(Path(name).parent) for name in names}
+    assert runs == {"head/train", "head/validation", "fine_tune/train", "fine_tune/validation"}
+    losses = {}
+    for run in runs:
+        events = EventAccumulator(str(tmp_path / run), size_guidance={"tensors": 0})
+        events.Reload()
+        assert {"epoch_loss", "epoch_accuracy"} <= set(events.Tags()["tensors"]), run
+        losses[run] = [float(make_ndarray(e.tensor_proto)) for e in events.Tensors("epoch_loss")]
+    versions = http.get(f"{api_server}/models/pets", timeout=5).json()["versions"]
+    [history] = [v["training"]["history"] for v in versions if v["version"] == 1]
+    # The logs are the version's own training: every epoch of both phases, in order.
+    logged = losses["head/train"] + losses["fine_tune/train"]
+    assert logged == pytest.approx(history["loss"], rel=1e-5)
+    logged = losses["head/validation"] + losses["fine_tune/validation"]
+    assert logged == pytest.approx(history["val_loss"], rel=1e-5)
+    assert len(losses["fine_tune/train"]) == 1  # FINETUNE_FORM's fine_tune_epochs
 
 
 def _wait_for_version(base_url: str, version: int, attempts: int = 50) -> None:
