@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Response, request
 from flask_smorest import Blueprint
+from marshmallow import fields
 
 from api.auth import current_client
 from api.errors import SCHEMA_MISMATCH
@@ -20,6 +21,7 @@ from api.schemas import (
     PredictJsonSchema,
     PredictMultipartSchema,
     PredictOptionsSchema,
+    WholeNumber,
 )
 from api.services import services
 from api.submission import enqueue_or_undo, submission_endpoint
@@ -42,13 +44,49 @@ from ml.registry import split_model_id
 
 blp = Blueprint("predict", __name__, url_prefix="/jobs", description="Prediction jobs")
 
+IMAGE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+)
+"""Content types of a raw image body: the formats imgq decodes (``ml.preprocess``)."""
+
 _PREDICT_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": PredictMultipartSchema},
         "application/json": {"schema": PredictJsonSchema},
+        **{
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in IMAGE_MEDIA_TYPES
+        },
     },
 }
+
+
+def _query_parameters(schema: type[PredictOptionsSchema]) -> list[dict[str, Any]]:
+    """The options as query parameters, for the raw-body form's documentation."""
+    types = {WholeNumber: "integer", fields.Boolean: "boolean"}
+    return [
+        {
+            "in": "query",
+            "name": name,
+            "required": False,
+            "schema": {
+                "type": next((t for k, t in types.items() if isinstance(field, k)), "string")
+            },
+            "description": f"Raw image body only (else a form or JSON field). "
+            f"{field.metadata.get('description', '')}".strip(),
+        }
+        for name, field in schema().fields.items()
+    ]
+
+
+RAW_BODY_PARAMETERS = _query_parameters(PredictOptionsSchema)
+"""The query parameters of ``POST /jobs/predict`` with an image body."""
 
 
 def _decode_base64(text: str, index: int) -> bytes:
@@ -60,7 +98,16 @@ def _decode_base64(text: str, index: int) -> bytes:
 
 
 def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
-    """Return the images and options of a predict request in either accepted form."""
+    """Return the images and options of a predict request in any accepted form.
+
+    The commonest call, one image, can skip multipart entirely: the body *is* the image
+    (``Content-Type: image/jpeg`` and the like) and the options are query parameters.
+    """
+    if request.mimetype in IMAGE_MEDIA_TYPES:
+        image = request.get_data(cache=False)
+        if not image:
+            raise InvalidRequest("The body is empty; send the image's bytes.")
+        return [image], PredictOptionsSchema().load(request.args.to_dict())
     if request.mimetype == "multipart/form-data":
         extra_parts = sorted(set(request.files) - {"image"})
         if extra_parts:
@@ -77,7 +124,8 @@ def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
         encoded = options.pop("images")
         return [_decode_base64(text, i) for i, text in enumerate(encoded)], options
     raise UnsupportedMediaType(
-        f"Send multipart/form-data or application/json, not {request.mimetype or 'nothing'}."
+        "Send multipart/form-data, application/json or an image body "
+        f"({', '.join(sorted(IMAGE_MEDIA_TYPES))}), not {request.mimetype or 'nothing'}."
     )
 
 
@@ -112,11 +160,23 @@ def _retains(model: str, asked: bool | None) -> bool:
     return asked
 
 
-@submission_endpoint(blp, "/predict", body=_PREDICT_BODY)
-def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
-    """Queue a prediction job for one or more images."""
+def queue_predict_job(images: list[bytes], options: dict[str, Any]) -> tuple[str, Response | None]:
+    """Check, admit, store and queue a predict job for the caller; the one way any predict
+    endpoint creates a job (``POST /jobs/predict`` and the protocol views over it).
+
+    Args:
+        images: the encoded images, in order.
+        options: validated ``PredictOptionsSchema`` fields (``owner``, ``retain`` are consumed).
+
+    Returns:
+        The new job's id and, for an ``Idempotency-Key`` replay, the stored answer to send
+        instead (the job id is then unused).
+
+    Raises:
+        ImgqError: the request is refused (4xx), or ``ServiceUnavailable`` when nothing could
+            be queued (the job and its claims are undone first).
+    """
     request.max_content_length = services().settings.max_request_bytes
-    images, options = _read_predict_request()
     _check_images(images)
     svc = services()
     model = visible_model(
@@ -135,9 +195,14 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     content = json.dumps({**options, "model": model, "retain": retain}, sort_keys=True)
     replay = replay_or_claim(fingerprint(content, *images), job_id)
     if replay is not None:
-        return replay
-    kind = JobKind.EXPLAIN if options.get("explain") else JobKind.PREDICT
-    admit(job_id, kind, images=len(images), size=sum(map(len, images)))
+        return job_id, replay
+    explain = bool(options.get("explain"))
+    admit(
+        job_id,
+        JobKind.EXPLAIN if explain else JobKind.PREDICT,
+        images=len(images),
+        size=sum(map(len, images)),
+    )
     until = time.time() + svc.settings.job_ttl_s  # feedback is accepted while the job lives
     retained = [svc.datasets.hold(model, image, until) for image in images] if retain else None
     svc.jobs.create_predict_job(
@@ -150,12 +215,31 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         deadline_s=svc.settings.predict_deadline_s,
         check_after_s=svc.settings.predict_check_interval_s,
         callback_url=callback,
-        explain=bool(options.get("explain")),
+        explain=explain,
         retained=retained,
     )
+    return job_id, None
 
-    def send() -> None:
-        explain = bool(options.get("explain"))
-        send_predict_messages(svc.celery, job_id, range(len(images)), explain=explain)
 
-    return enqueue_or_undo(job_id, JobType.PREDICT, send)
+def send_predict_job(job_id: str, image_count: int, options: dict[str, Any]) -> None:
+    """Queue a stored predict job's messages (``enqueue_or_undo`` calls this)."""
+    explain = bool(options.get("explain"))
+    send_predict_messages(services().celery, job_id, range(image_count), explain=explain)
+
+
+@submission_endpoint(blp, "/predict", body=_PREDICT_BODY, parameters=RAW_BODY_PARAMETERS)
+def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
+    """Queue a prediction job for one or more images.
+
+    Three forms: ``multipart/form-data`` (``image`` parts and form fields), JSON (base64
+    ``images``), or the image itself as the body (``Content-Type: image/jpeg``, png, webp,
+    gif, bmp or tiff) with the options as query parameters.
+    """
+    request.max_content_length = services().settings.max_request_bytes
+    images, options = _read_predict_request()
+    job_id, replay = queue_predict_job(images, options)
+    if replay is not None:
+        return replay
+    return enqueue_or_undo(
+        job_id, JobType.PREDICT, lambda: send_predict_job(job_id, len(images), options)
+    )

@@ -13,7 +13,7 @@ A client that would rather have the result in the same round trip sends ``Prefer
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Response, jsonify, request, url_for
@@ -39,6 +39,7 @@ def submission_endpoint(
     *,
     body: dict[str, Any] | None = None,
     arguments: type[Schema] | None = None,
+    parameters: Sequence[dict[str, Any]] = (),
 ) -> Callable[[Callable[..., Any]], Any]:
     """Route and document a ``POST`` that creates a job (202, or 200 for an idempotent replay).
 
@@ -49,6 +50,7 @@ def submission_endpoint(
             (multipart uploads, either of two content types).
         arguments: a JSON body schema that flask-smorest validates (422) and passes to the
             view as its first argument.
+        parameters: more parameters to document (query parameters the view reads itself).
     """
 
     def decorate(view: Callable[..., Any]) -> Any:
@@ -61,7 +63,7 @@ def submission_endpoint(
                 "The job ended within `Prefer: wait=N`, or an Idempotency-Key replay: the job."
             ),
         )(view)
-        view = blp.doc(parameters=[PREFER_PARAMETER])(view)
+        view = blp.doc(parameters=[PREFER_PARAMETER, *parameters])(view)
         view = blp.response(
             202, JobCreatedSchema, headers={"Location": {"schema": {"type": "string"}}}
         )(view)
@@ -99,6 +101,40 @@ def preferred_wait_s() -> float:
     return 0.0
 
 
+def _send_or_undo(
+    job_id: str, job_type: JobType, send: Callable[[], object], undo: Callable[[], object]
+) -> None:
+    """Run ``send``; if it fails, remove the job, its claims and whatever ``undo`` undoes, and
+    raise ``ServiceUnavailable`` (503)."""
+    try:
+        send()
+    except Exception as exc:
+        services().jobs.delete(job_id)
+        release_claim()
+        release(job_id)
+        undo()
+        raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
+    JOBS_SUBMITTED.labels(job_type.value).inc()
+
+
+def send_and_wait(
+    job_id: str, job_type: JobType, send: Callable[[], object], wait_s: float
+) -> dict[str, Any] | None:
+    """Queue a stored job (as ``enqueue_or_undo`` does) and wait up to ``wait_s`` for its end.
+
+    For the synchronous views over a job (the inference protocols): the ended job's document,
+    or None if it is still open after ``wait_s``.
+    """
+    svc = services()
+    with svc.waiters.watching(job_id, wait_s) as event:  # before sending: no lost wake-up
+        _send_or_undo(job_id, job_type, send, lambda: None)
+        if event is not None and event.wait(wait_s):
+            document = svc.jobs.get(job_id)
+            if document is not None and document["status"].is_terminal:
+                return document
+    return None
+
+
 def enqueue_or_undo(
     job_id: str,
     job_type: JobType,
@@ -112,15 +148,7 @@ def enqueue_or_undo(
     svc = services()
     wait_s = preferred_wait_s()
     with svc.waiters.watching(job_id, wait_s) as event:  # before sending: no lost wake-up
-        try:
-            send()
-        except Exception as exc:
-            svc.jobs.delete(job_id)
-            release_claim()
-            release(job_id)
-            undo()
-            raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
-        JOBS_SUBMITTED.labels(job_type.value).inc()
+        _send_or_undo(job_id, job_type, send, undo)
         location = url_for("jobs.get_job", job_id=job_id)
         if event is not None and event.wait(wait_s):
             document = svc.jobs.get(job_id)

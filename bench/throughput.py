@@ -42,10 +42,10 @@ from imgq.api_keys import create_key_file
 from imgq.local.supervisor import (
     REPO,
     free_port,
-    process_tree,
     start_api,
     start_predict_worker,
     start_redis,
+    tree_cpu_seconds,
 )
 from imgq.settings import Settings
 
@@ -171,19 +171,6 @@ def run_level(
     if failures:
         raise RuntimeError(f"{len(failures)} jobs failed, e.g. {failures[0]}")
     return Level(concurrency, completed / seconds, latencies)
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of a process and all its live descendants (from /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def scrape_batches(port: int) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from imgq.broker import transport_for
 from imgq.settings import Settings
 
 PREDICT_QUEUE = "predict"
@@ -75,6 +76,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.celery_broker_url,
+        # kombu's Redis transport with one client per pool and batched acks (imgq.broker).
+        "broker_transport": transport_for(settings.celery_broker_url),
         "broker_transport_options": transport_options,
         "result_backend_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,

@@ -18,6 +18,7 @@ from werkzeug.test import TestResponse
 
 from api.app import create_app
 from api.errors import server_error_response
+from api.predict import IMAGE_MEDIA_TYPES
 from imgq.settings import Settings
 from tests.support.http import credentials
 from tests.support.images import jpeg_bytes
@@ -199,7 +200,9 @@ def test_openapi_document_is_served(client: FlaskClient) -> None:
     spec = client.get("/openapi.json").get_json()
     assert "/jobs/predict" in spec["paths"]
     content = spec["paths"]["/jobs/predict"]["post"]["requestBody"]["content"]
-    assert set(content) == {"multipart/form-data", "application/json"}
+    assert set(content) == {"multipart/form-data", "application/json", *IMAGE_MEDIA_TYPES}
+    query = {p["name"] for p in spec["paths"]["/jobs/predict"]["post"]["parameters"]}
+    assert {"model", "version", "top_k", "callback_url"} <= query  # the raw-body form's options
 
 
 def test_redis_down_is_a_503_with_retry_after(settings: Settings) -> None:

@@ -9,8 +9,9 @@ collecting while a forward pass runs, and the moment it ends the next batch (up 
 ``flush_interval`` for company.
 
 Acknowledgement is also stricter than upstream: messages are acked only when the batch
-reports its results stored; a batch that raised is requeued rather than acked and lost.
-Messages with an ETA are not supported (predict messages never carry one).
+reports its results stored; a batch that raised is requeued rather than acked and lost. A
+batch's acks go to Redis in one round trip (``imgq.broker.acks_in_one_round_trip``) instead
+of one per message. Messages with an ETA are not supported (predict messages never carry one).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
+
+from imgq.broker import acks_in_one_round_trip
 
 
 class DynamicBatches(Batches):
@@ -77,10 +80,12 @@ class DynamicBatches(Batches):
 
         def on_return(outcome: Any) -> None:
             try:
-                for request in requests:
-                    if outcome is True:
-                        request.acknowledge()
-                    else:
+                if outcome is True:
+                    with acks_in_one_round_trip():
+                        for request in requests:
+                            request.acknowledge()
+                else:
+                    for request in requests:
                         request.reject(requeue=True)
             finally:
                 self._batch_done()

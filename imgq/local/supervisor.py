@@ -63,6 +63,20 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds one process has used so far (from ``/proc``; 0 once gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and its live descendants: what a whole service costs."""
+    return sum(process_cpu_seconds(pid) for pid in process_tree(root))
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll ``check`` until it is true; connection errors count as not yet."""
     deadline = time.monotonic() + timeout_s
