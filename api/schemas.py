@@ -135,7 +135,11 @@ class JobSchema(Schema):
     )
     webhook = fields.Raw(
         allow_none=True,
-        metadata={"description": "Delivery of the job's callback: url, state, attempts."},
+        metadata={
+            "description": "Delivery of the job's callback: url, state (pending, retrying,"
+            " delivered, failed, disabled), attempts, event_id, webhook_id, next_attempt_at,"
+            " disabled_reason."
+        },
     )
     progress = fields.Raw(
         allow_none=True,

@@ -42,6 +42,7 @@ from imgq.api_keys import (
     read_key_entries,
     write_key_entries,
 )
+from imgq.webhooks.standard import is_standard_secret
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Names ``keys create`` accepts for a new client."""
@@ -95,6 +96,14 @@ def _rotation_state(key: ApiKey, now: float) -> str:
     return f"previous expired {_utc(key.previous_until)}"
 
 
+def _secret_form(secret: str) -> str | None:
+    """``standard`` for a secret that also signs the Standard Webhooks headers, ``legacy`` for
+    one that signs ``Imgq-Signature`` only (rotating it issues a standard one)."""
+    if not secret:
+        return None
+    return "standard" if is_standard_secret(secret) else "legacy"
+
+
 def _listing(entries: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
     rows = []
     for entry in entries:
@@ -105,6 +114,7 @@ def _listing(entries: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
                 "role": str(key.role),
                 "key_sha256_prefix": key.key_sha256[:SHOWN_HASH],
                 "webhook_secret": bool(key.webhook_secret),
+                "webhook_secret_form": _secret_form(key.webhook_secret),
                 "rotation": _rotation_state(key, now),
                 "previous_until": key.previous_until or None,
             }
@@ -152,7 +162,8 @@ def cmd_create(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[
 
 
 def cmd_list(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every entry: client, role, hash prefix, whether it has a webhook secret, rotation."""
+    """Every entry: client, role, hash prefix, whether it has a webhook secret (and whether
+    that is in the Standard Webhooks form), rotation."""
     rows = _listing(entries, time.time())
     return {"keys": rows, "messages": []}
 
@@ -213,6 +224,11 @@ def cmd_rotate(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[
         if current and args.grace_s > 0
         else "The old secret no longer signs anything."
     )
+    if current and args.grace_s > 0 and not is_standard_secret(current):
+        grace += (
+            " The old secret is not in the Standard Webhooks form: it signs Imgq-Signature "
+            "only, webhook-signature carries the new one's alone."
+        )
     return {
         "client": args.client,
         "webhook_secret": secret,
@@ -282,6 +298,10 @@ def kubernetes_manifests(entries: list[dict[str, Any]], namespace: str = "imgq")
     )
 
 
+_SECRET_CELLS = {"standard": "yes", "legacy": "legacy: rotate", None: "no"}
+"""The WEBHOOK SECRET column: ``legacy`` secrets sign no Standard Webhooks headers."""
+
+
 def _print_listing(rows: list[dict[str, Any]]) -> None:
     header = ["CLIENT", "ROLE", "KEY SHA256", "WEBHOOK SECRET", "ROTATION"]
     cells = [
@@ -291,7 +311,7 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
                 row["client"],
                 row["role"],
                 row["key_sha256_prefix"] + "…" if row["key_sha256_prefix"] else "-",
-                "yes" if row["webhook_secret"] else "no",
+                _SECRET_CELLS[row["webhook_secret_form"]],
                 row["rotation"],
             ]
             for row in rows

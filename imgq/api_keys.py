@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "imgq_"
 """Prefix of generated keys, so leaked keys are easy to recognise and scan for."""
 WHSEC_PREFIX = "whsec_"
-"""Prefix of generated webhook secrets."""
+"""Prefix of webhook secrets: the Standard Webhooks form (``imgq.webhooks.standard``)."""
 WEBHOOK_SECRET_FIELDS = ("webhook_secret", "previous_webhook_secret", "previous_until")
 """The fields of an entry only the webhooks worker needs."""
 RELOAD_CHECK_INTERVAL_S = 1.0

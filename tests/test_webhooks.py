@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
+from standardwebhooks import Webhook as StandardWebhook
+from svix.webhooks import Webhook as SvixWebhook
 
+from imgq.api_keys import new_webhook_secret
 from imgq.local.supervisor import REPO, Service, free_port
 from tests.support.http import credentials, http, wait_for_job
 from tests.support.metrics import scrape_url
@@ -20,14 +23,29 @@ from tests.support.webhooks import Receiver
 pytestmark = pytest.mark.e2e
 
 
-def readme_verifier() -> Any:
-    """The verification snippet from the README, run as written."""
+def readme_function(first_line: str, name: str) -> Any:
+    """Function ``name`` of the README's Python block that starts with ``first_line``, run as
+    written."""
     text = (REPO / "README.md").read_text()
-    snippet = re.search(r"```python\n(# verify an imgq webhook.*?)```", text, re.S)
-    assert snippet, "README lost its webhook verification snippet"
+    snippet = re.search(rf"```python\n({re.escape(first_line)}.*?)```", text, re.S)
+    assert snippet, f"README lost its snippet {first_line!r}"
     namespace: dict[str, Any] = {}
     exec(snippet.group(1), namespace)
-    return namespace["verify"]
+    return namespace[name]
+
+
+def readme_verifier() -> Any:
+    """The README's verifier of the ``Imgq-*`` headers."""
+    return readme_function("# verify an imgq webhook", "verify")
+
+
+def readme_standard_verifiers() -> list[Any]:
+    """The README's two verifiers of the Standard Webhooks headers: with the
+    ``standardwebhooks`` package, and by hand."""
+    return [
+        readme_function("# verify a Standard Webhooks delivery with the", "verify_with_library"),
+        readme_function("# verify a Standard Webhooks delivery by hand", "verify_standard"),
+    ]
 
 
 def _submit(api_server: str, image: bytes, callback: str) -> str:
@@ -41,7 +59,7 @@ def _webhook_settled(api_server: str, job_id: str, timeout_s: float = 30) -> dic
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         webhook = http.get(f"{api_server}/jobs/{job_id}").json()["webhook"]
-        if webhook and webhook["state"] in ("delivered", "failed"):
+        if webhook and webhook["state"] in ("delivered", "failed", "disabled"):
             return dict(webhook)
         time.sleep(0.1)
     raise AssertionError(f"webhook of {job_id} never settled")
@@ -64,12 +82,23 @@ def test_receiver_failing_twice_gets_three_signed_attempts_and_a_delivery(
     assert [a.get("status_code") for a in webhook["attempts"]] == [500, 500, 200]
     assert all(a["duration_ms"] >= 0 and a["at"] for a in webhook["attempts"])
     verify = readme_verifier()
-    event_ids = set()
+    secret = credentials.webhook_secrets["admin"]
+    event_ids, webhook_ids = set(), set()
     for headers, body in receiver.requests:
-        assert verify(credentials.webhook_secrets["admin"], headers, body)
+        assert verify(secret, headers, body)
         assert not verify("wrong secret", headers, body)
         event_ids.add(headers["Imgq-Event-Id"])
+        # The same delivery, signed the Standard Webhooks way too, beside the Imgq-* headers.
+        assert headers["Webhook-Timestamp"] == headers["Imgq-Timestamp"]
+        StandardWebhook(secret).verify(body, headers)
+        SvixWebhook(secret).verify(body, headers)
+        for verify_standard in readme_standard_verifiers():
+            assert verify_standard(secret, headers, body)
+            assert not verify_standard(new_webhook_secret(), headers, body)
+        webhook_ids.add(headers["Webhook-Id"])
     assert event_ids == {f"{job_id}.succeeded"}  # one event, so receivers can deduplicate
+    assert webhook_ids == {f"job_{job_id}"} == {webhook["webhook_id"]}
+    assert all(a["standard_webhooks"] == {"sent": True} for a in webhook["attempts"])
     assert b'"status": "succeeded"' in receiver.requests[-1][1]
     attempts = scrape_url(f"{webhooks_worker.url}/metrics")
     assert attempts['imgq_webhook_attempts_total{outcome="retry"}'] >= 2
@@ -106,12 +135,13 @@ def test_client_errors_are_not_retried(
     httpserver: HTTPServer,
     cat_jpeg: bytes,
 ) -> None:
-    receiver = Receiver([410, 200])
-    httpserver.expect_request("/gone", method="POST").respond_with_handler(receiver)
-    job_id = _submit(api_server, cat_jpeg, httpserver.url_for("/gone"))
+    receiver = Receiver([404, 200])
+    httpserver.expect_request("/missing", method="POST").respond_with_handler(receiver)
+    job_id = _submit(api_server, cat_jpeg, httpserver.url_for("/missing"))
     webhook = _webhook_settled(api_server, job_id)
     assert webhook["state"] == "failed"
-    assert [a["status_code"] for a in webhook["attempts"]] == [410]
+    assert [a["status_code"] for a in webhook["attempts"]] == [404]
+    assert webhook["disabled_reason"] is None
 
 
 def test_unreachable_receiver_is_retried_then_failed(

@@ -54,7 +54,7 @@ FINETUNE_SECONDS = Histogram(
 )
 WEBHOOK_ATTEMPTS = Counter(
     "imgq_webhook_attempts_total",
-    "Webhook delivery attempts by outcome (delivered, retry, failed).",
+    "Webhook delivery attempts by outcome (delivered, retry, failed, gone).",
     ["outcome"],
 )
 ACTIVE_VERSION = Gauge(

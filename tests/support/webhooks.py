@@ -11,18 +11,24 @@ from werkzeug import Request, Response
 
 class Receiver:
     """A ``pytest_httpserver`` handler that answers ``statuses`` in turn (the last one from
-    then on; ``200`` by default) and keeps every request's headers and body."""
+    then on; ``200`` by default), the n-th answer with ``headers[n]`` if given, and keeps every
+    request's headers and body."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, headers: list[dict[str, str]] | None = None
+    ) -> None:
         self.statuses = statuses or [200]
+        self.headers = headers or []
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
 
     def __call__(self, request: Request) -> Response:
         with self.lock:
             self.requests.append((dict(request.headers), request.get_data()))
-            status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
-        return Response("ok", status=status)
+            number = len(self.requests)
+            status = self.statuses[min(number, len(self.statuses)) - 1]
+            headers = self.headers[number - 1] if number <= len(self.headers) else {}
+        return Response("ok", status=status, headers=headers)
 
     def documents(self) -> list[dict[str, Any]]:
         """The bodies received, in order."""

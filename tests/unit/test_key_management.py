@@ -118,6 +118,30 @@ def test_list_shows_no_secret(capsys: pytest.CaptureFixture[str], keys_file: Pat
     assert "whsec_" not in out and alice["key"] not in out
 
 
+def test_list_tells_a_legacy_secret_from_a_standard_one(
+    capsys: pytest.CaptureFixture[str], keys_file: Path
+) -> None:
+    legacy = ApiKey("old", Role.CLIENT, hash_key("imgq_old"), "whsec_" + "A-b_" * 10 + "xyz")
+    write_key_entries(keys_file, [legacy.to_entry(), ApiKey("hooks-less").to_entry()])
+    run_json(capsys, keys_file, "create", "--client", "new")
+
+    rows = run_json(capsys, keys_file, "list")["keys"]
+
+    assert [(r["client"], r["webhook_secret_form"]) for r in rows] == [
+        ("old", "legacy"),  # still loads; signs Imgq-Signature only
+        ("hooks-less", None),
+        ("new", "standard"),
+    ]
+    _, out, _ = run(capsys, "keys", "list", "--file", str(keys_file))
+    assert "legacy: rotate" in out.splitlines()[1]
+    _, out, _ = run(
+        capsys, "keys", "rotate-webhook-secret", "--client", "old", "--file", str(keys_file)
+    )
+    assert "signs Imgq-Signature only" in out
+    rows = run_json(capsys, keys_file, "list")["keys"]
+    assert rows[0]["webhook_secret_form"] == "standard"
+
+
 def test_revoke_by_client_or_by_hash_prefix(
     capsys: pytest.CaptureFixture[str], keys_file: Path
 ) -> None:
