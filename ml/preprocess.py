@@ -605,7 +605,14 @@ def decode_image(
         ImageTooLarge: more bytes than ``limits.max_bytes``.
     """
     height, width = size
-    opened = _prepare(image_bytes, limits, (width, height))
+    return _decode_opened(_prepare(image_bytes, limits, (width, height)), size, limits)
+
+
+def _decode_opened(
+    opened: _Opened, size: tuple[int, int], limits: ImageLimits
+) -> NDArray[np.uint8]:
+    """``decode_image`` of an image ``_prepare`` opened (and drafted) for ``size``."""
+    height, width = size
     try:
         if opened.cost > SMALL_DECODE_BYTES:
             pool = _full_decoders(limits.concurrent_decodes)
@@ -672,21 +679,24 @@ def check_images(images: Sequence[bytes], limits: ImageLimits, max_total_pixels:
             one image is over its own limits.
         InvalidImage, ImageTooLarge: as ``check_image``, for the first image at fault.
     """
-    total = 0
-    for index, image_bytes in enumerate(images):
-        with _naming(index):
-            opened = _prepare(image_bytes, limits, (8, 8))
-            opened.image.close()
-            total += opened.declared[0] * opened.declared[1]
-    if total > max_total_pixels:
-        raise DecompressionBomb(
-            f"The request's {len(images)} images declare {total} pixels together; the limit "
-            f"is {max_total_pixels}.",
-            {"pixels": total, "limit": max_total_pixels},
-        )
-    for index, image_bytes in enumerate(images):
-        with _naming(index):
-            check_image(image_bytes, limits)
+    opened: list[_Opened] = []
+    try:
+        for index, image_bytes in enumerate(images):
+            with _naming(index):
+                opened.append(_prepare(image_bytes, limits, (8, 8)))
+        total = sum(one.declared[0] * one.declared[1] for one in opened)
+        if total > max_total_pixels:
+            raise DecompressionBomb(
+                f"The request's {len(images)} images declare {total} pixels together; the "
+                f"limit is {max_total_pixels}.",
+                {"pixels": total, "limit": max_total_pixels},
+            )
+        for index, one in enumerate(opened):  # each header was read once, above
+            with _naming(index):
+                _decode_opened(one, (8, 8), limits)
+    finally:
+        for one in opened:
+            one.image.close()
 
 
 @contextmanager
