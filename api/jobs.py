@@ -25,8 +25,9 @@ from api.schemas import (
 from api.services import services
 from imgq.api_keys import Role
 from imgq.errors import JobNotCancelable, JobNotFound, NotFound, WebhookNotDue
-from imgq.jobs.documents import job_document
+from imgq.jobs.documents import job_document, job_json
 from imgq.jobs.status import CancelOutcome, JobStatus, JobType
+from imgq.webhooks.delivery import Delivery
 from ml.registry import model_id
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction and training jobs")
@@ -34,11 +35,21 @@ blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Prediction an
 
 def owned_fields(job_id: str) -> dict[str, str]:
     """The caller's job record; 404 when missing or someone else's."""
-    fields = services().jobs.fields(job_id)
+    return _owned(job_id, services().jobs.fields(job_id))
+
+
+def _owned(job_id: str, fields: dict[str, str]) -> dict[str, str]:
     if not fields:
         raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
     check_owner(job_id, fields.get("client"))
     return fields
+
+
+def job_response(fields: dict[str, str], delivery: str | None) -> Response:
+    """The job as clients read it (``JobSchema``), rendered from the stored record without
+    re-encoding its result (``imgq.jobs.documents.job_json``)."""
+    webhook = Delivery.from_json(delivery).public() if delivery is not None else None
+    return Response(job_json(fields, webhook), mimetype="application/json")
 
 
 @blp.route("")
@@ -61,7 +72,7 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobSchema)
 @blp.alt_response(404, schema=ErrorEnvelopeSchema)
-def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
+def get_job(query: dict[str, Any], job_id: str) -> Response:
     """Read a job's state, and its result or error once it has ended.
 
     With ``wait``, the answer is held until the job ends or ``wait`` seconds pass, so clients
@@ -69,17 +80,14 @@ def get_job(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     """
     svc = services()
     with svc.waiters.watching(job_id, query["wait"]) as event:  # before the read
-        document = job_document(owned_fields(job_id))
-        if event is not None and not document["status"].is_terminal:
+        fields, delivery = svc.jobs.fields_and_delivery(job_id)
+        _owned(job_id, fields)
+        if event is not None and not JobStatus(fields["status"]).is_terminal:
             event.wait(query["wait"])
-            document = svc.jobs.get(job_id) or document
-    return with_webhook(document)
-
-
-def with_webhook(document: dict[str, Any]) -> dict[str, Any]:
-    """A job document as clients read it: with its webhook's delivery state, if any."""
-    delivery = services().deliveries.load(document["id"])
-    return {**document, "webhook": delivery.public() if delivery else None}
+            fields, delivery = svc.jobs.fields_and_delivery(job_id)
+            if not fields:  # expired while waiting
+                raise JobNotFound(f"No job with id {job_id!r}.", {"id": job_id})
+    return job_response(fields, delivery)
 
 
 @blp.route("/<string:job_id>/webhook/redeliver", methods=["POST"])

@@ -97,6 +97,11 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise InvalidRequest(f"images[{index}] is not valid base64.", {"image": index}) from exc
 
 
+_OPTIONS = PredictOptionsSchema()
+_JSON_BODY = PredictJsonSchema()
+"""Schemas are built once: a marshmallow schema instance is reusable and costly to make."""
+
+
 def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
     """Return the images and options of a predict request in any accepted form.
 
@@ -107,7 +112,7 @@ def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
         image = request.get_data(cache=False)
         if not image:
             raise InvalidRequest("The body is empty; send the image's bytes.")
-        return [image], PredictOptionsSchema().load(request.args.to_dict())
+        return [image], _OPTIONS.load(request.args.to_dict())
     if request.mimetype == "multipart/form-data":
         extra_parts = sorted(set(request.files) - {"image"})
         if extra_parts:
@@ -115,12 +120,12 @@ def _read_predict_request() -> tuple[list[bytes], dict[str, Any]]:
         images = [part.read() for part in request.files.getlist("image")]
         if not images:
             raise InvalidRequest("No `image` file part in the form.")
-        return images, PredictOptionsSchema().load(request.form.to_dict())
+        return images, _OPTIONS.load(request.form.to_dict())
     if request.mimetype == "application/json":
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise InvalidRequest("The body is not a JSON object.")
-        options = PredictJsonSchema().load(body)
+        options = _JSON_BODY.load(body)
         encoded = options.pop("images")
         return [_decode_base64(text, i) for i, text in enumerate(encoded)], options
     raise UnsupportedMediaType(

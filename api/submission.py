@@ -16,12 +16,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Response, jsonify, request, url_for
+from flask import Response, request, url_for
 from flask_smorest import Blueprint
 from marshmallow import Schema
 
 from api.idempotency import release_claim
-from api.jobs import with_webhook
+from api.jobs import job_response
 from api.metrics import JOBS_SUBMITTED
 from api.quotas import release
 from api.schemas import MAX_WAIT_S, ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
@@ -151,9 +151,9 @@ def enqueue_or_undo(
         _send_or_undo(job_id, job_type, send, undo)
         location = url_for("jobs.get_job", job_id=job_id)
         if event is not None and event.wait(wait_s):
-            document = svc.jobs.get(job_id)
-            if document is not None and document["status"].is_terminal:
-                response = jsonify(JobSchema().dump(with_webhook(document)))
+            fields, delivery = svc.jobs.fields_and_delivery(job_id)
+            if fields and JobStatus(fields["status"]).is_terminal:
+                response = job_response(fields, delivery)
                 response.headers["Location"] = location
                 response.headers["Preference-Applied"] = f"wait={wait_s:g}"
                 return response

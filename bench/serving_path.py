@@ -445,7 +445,9 @@ def main() -> int:
         run(Workload(1, True), 4, 0.0, 2.0)  # warm the HTTP path and the worker
         if args.profile_wait:
             print(f"profiling window: api pid {api.process.pid}, worker pid {worker.process.pid}")
-            print_levels([run(Workload(1, True), top, 0.0, args.profile_wait)])
+            images = args.images[0]
+            workload = Workload(images, True, raw_body=images == 1 and not args.no_raw)
+            print_levels([run(workload, top, 0.0, args.profile_wait)])
             return 0
         for workload in workloads:
             for clients in args.clients:

@@ -6,12 +6,13 @@ imports the worker modules that load TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from kombu.utils.uuid import uuid
 
 from imgq.broker import transport_for
 from imgq.settings import Settings
@@ -50,7 +51,8 @@ class WorkerKind(StrEnum):
 
 
 PREDICT_IMAGE_TASK = "imgq.predict_image"
-"""One message per image: ``(job_id, index)``; the worker batches them."""
+"""A job's images: ``(job_id, index)`` for one, ``(job_id, [index, ...])`` for several (see
+``message_images``); the worker batches messages of many jobs together."""
 EXPLAIN_TASK = "imgq.explain"
 """A whole predict job with Grad-CAM explanations: ``(job_id,)``, outside the batches."""
 DELIVER_WEBHOOK_TASK = "imgq.webhooks.deliver"
@@ -112,19 +114,40 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def message_images(args: Sequence[Any]) -> list[tuple[str, int]]:
+    """``(job_id, index)`` of each image a predict message carries: its arguments are
+    ``[job_id, index]`` or ``[job_id, [index, ...]]``."""
+    job_id, indices = str(args[0]), args[1]
+    if isinstance(indices, list):
+        return [(job_id, int(index)) for index in indices]
+    return [(job_id, int(indices))]
+
+
 def send_predict_messages(
     celery: Celery, job_id: str, indices: Iterable[int], *, explain: bool
 ) -> None:
-    """Queue a predict job's work: one message per image index, or for an explained job one
-    message for the whole job (explanations stay out of the batched fast path).
+    """Queue a predict job's work: one message for the given image indices, or for an
+    explained job one message for the whole job (explanations stay out of the batched path).
 
-    The API sends a new job's images this way, and the reaper a job's lost ones.
+    The API sends a new job's images this way, and the reaper a job's lost ones. One message
+    per job, not per image: a worker's cost is mostly per message (kombu's delivery and ack
+    bookkeeping), and a job's images are wanted together anyway. The message is Celery's own
+    (``app.amqp.create_task_message``), sent on the anonymous exchange straight to the predict
+    queue, which needs no declaring, with its ``argsrepr`` given (Celery would otherwise
+    ``saferepr`` the arguments): about half of what ``send_task`` costs.
     """
     if explain:
         celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
         return
+    wanted = list(indices)
+    if not wanted:
+        return
+    args: list[Any] = [job_id, wanted[0] if len(wanted) == 1 else wanted]
+    amqp = celery.amqp
+    message = amqp.create_task_message(
+        uuid(), PREDICT_IMAGE_TASK, args, {}, argsrepr=repr(args), kwargsrepr="{}"
+    )
     with celery.producer_or_acquire() as producer:
-        for index in indices:
-            celery.send_task(
-                PREDICT_IMAGE_TASK, args=[job_id, index], queue=PREDICT_QUEUE, producer=producer
-            )
+        amqp.send_task_message(
+            producer, PREDICT_IMAGE_TASK, message, queue=PREDICT_QUEUE, declare=[]
+        )

@@ -10,8 +10,8 @@ collecting while a forward pass runs, and the moment it ends the next batch (up 
 
 Acknowledgement is also stricter than upstream: messages are acked only when the batch
 reports its results stored; a batch that raised is requeued rather than acked and lost. A
-batch's acks go to Redis in one round trip (``imgq.broker.acks_in_one_round_trip``) instead
-of one per message. Messages with an ETA are not supported (predict messages never carry one).
+batch's acks reach Redis in one round trip (``imgq.broker``). Messages with an ETA are not
+supported (predict messages never carry one).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
-
-from imgq.broker import acks_in_one_round_trip
 
 
 class DynamicBatches(Batches):
@@ -80,12 +78,10 @@ class DynamicBatches(Batches):
 
         def on_return(outcome: Any) -> None:
             try:
-                if outcome is True:
-                    with acks_in_one_round_trip():
-                        for request in requests:
-                            request.acknowledge()
-                else:
-                    for request in requests:
+                for request in requests:
+                    if outcome is True:
+                        request.acknowledge()
+                    else:
                         request.reject(requeue=True)
             finally:
                 self._batch_done()

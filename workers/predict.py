@@ -1,11 +1,13 @@
 """The prediction task: queued images are collected into batches and run in one forward pass.
 
-Each predict job enqueues one message per image (``job_id, index``), so images of several jobs
-share a batch and one job's images may span batches. ``celery-batches`` collects messages up to
-``IMGQ_MAX_BATCH_SIZE`` or for ``IMGQ_MAX_BATCH_DELAY_MS``, whichever comes first, and
-``workers.batching`` forms each batch only when the model is free. Messages are acknowledged
-only after their results are stored, and a batch that fails for a reason other than its images
-(Redis unreachable) gives its messages back to the queue instead of losing them.
+Each predict job enqueues one message with its image indices (``job_id, index`` or ``job_id,
+[index, ...]``), so images of several jobs share a batch; a reaper's resend may carry only
+some of a job's images. ``celery-batches`` collects messages up to ``IMGQ_MAX_BATCH_SIZE``
+(messages; each forward pass stays within that many images) or for
+``IMGQ_MAX_BATCH_DELAY_MS``, whichever comes first, and ``workers.batching`` forms each batch
+only when the model is free. Messages are acknowledged only after their results are stored,
+and a batch that fails for a reason other than its images (Redis unreachable) gives its
+messages back to the queue instead of losing them.
 
 How a predict job ends: its last image's result completes it inside the ``STORE_PREDICTION``
 Lua script (``imgq.jobs.predict_images``); an image that cannot be decoded, or a model that
@@ -26,7 +28,7 @@ from celery_batches import SimpleRequest
 from imgq.errors import ImgqError, InternalError
 from imgq.jobs.predict_images import ImageResult, PredictTarget
 from imgq.jobs.status import JobType
-from imgq.queueing import PREDICT_IMAGE_TASK
+from imgq.queueing import PREDICT_IMAGE_TASK, message_images
 from ml.preprocess import decode_image
 from ml.registry import split_model_id
 from workers.batching import DynamicBatches
@@ -51,7 +53,7 @@ class BatchRunner:
     def run(self, requests: Sequence[SimpleRequest]) -> bool:
         """Run one batch of image messages; True once every result or failure is stored."""
         images = self.context.images
-        refs = [(str(r.args[0]), int(r.args[1])) for r in requests]
+        refs = [ref for r in requests for ref in message_images(r.args)]
         targets = images.targets(sorted({job_id for job_id, _ in refs}))
         live = [(job_id, index) for job_id, index in refs if targets[job_id] is not None]
         if not live:

@@ -3,6 +3,10 @@
 A predict result is defined once here, ``PredictResult``: the batched path's Lua script joins
 per-image predictions between the ``frame`` this module renders, and the explained path builds
 the whole object; both come out the same.
+
+``job_json`` renders the document as the API serves it straight from the stored record: the
+result, error and progress are stored as JSON text and are spliced in as they are, so reading
+a job never parses and re-encodes its result.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import orjson
 
 from imgq.jobs.status import JobStatus, JobType
 
@@ -64,3 +70,28 @@ def job_document(fields: dict[str, str]) -> dict[str, Any]:
         "error": json.loads(fields["error"]) if "error" in fields else None,
         "progress": json.loads(fields["progress"]) if "progress" in fields else None,
     }
+
+
+_STORED_JSON = ("result", "error", "progress")
+"""Record fields that hold JSON text, in the order ``job_json`` appends them."""
+
+
+def job_json(fields: dict[str, str], webhook: dict[str, Any] | None) -> bytes:
+    """The JSON text of ``job_document(fields)`` with its ``webhook``, as ``GET /jobs/<id>``
+    serves it, built without parsing the stored JSON fields (they are spliced in as text)."""
+    head = orjson.dumps(
+        {
+            "id": fields["id"],
+            "type": JobType(fields["type"]).value,
+            "status": JobStatus(fields["status"]).value,
+            "created_at": _timestamp(fields.get("created_at")),
+            "started_at": _timestamp(fields.get("started_at")),
+            "finished_at": _timestamp(fields.get("finished_at")),
+            "webhook": webhook,
+        }
+    )
+    parts = [head[:-1]]
+    for name in _STORED_JSON:
+        parts.append(b',"' + name.encode() + b'":' + fields.get(name, "null").encode())
+    parts.append(b"}")
+    return b"".join(parts)

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK
+from imgq.queueing import EXPLAIN_TASK, PREDICT_IMAGE_TASK, message_images
 from imgq.redis_keys import KOMBU_UNACKED
 
 
@@ -26,7 +26,7 @@ class PendingWork:
     """Predict work that some message will still bring to a worker."""
 
     images: set[tuple[str, int]] = field(default_factory=set)
-    """``(job_id, index)`` of every predict-image message."""
+    """``(job_id, index)`` of every image some predict message carries."""
     explained_jobs: set[str] = field(default_factory=set)
     """Job ids of every explain message."""
 
@@ -40,7 +40,7 @@ class PendingWork:
             body = base64.b64decode(body)
         args = json.loads(body)[0]
         if task == PREDICT_IMAGE_TASK:
-            self.images.add((str(args[0]), int(args[1])))
+            self.images.update(message_images(args))
         else:
             self.explained_jobs.add(str(args[0]))
 

@@ -177,6 +177,16 @@ class JobStore:
         fields = self.fields(job_id)
         return job_document(fields) if fields else None
 
+    def fields_and_delivery(self, job_id: str) -> tuple[dict[str, str], str | None]:
+        """The raw record and its webhook delivery's stored JSON (None without one), in one
+        round trip: all ``GET /jobs/<id>`` needs."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(redis_keys.job_record(job_id))
+        pipe.get(redis_keys.webhook_delivery(job_id))
+        raw, delivery = pipe.execute()
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return fields, None if delivery is None else _text(delivery)
+
     def fields(self, job_id: str) -> dict[str, str]:
         """The raw stored record (empty when there is no such job)."""
         raw = self._redis.hgetall(redis_keys.job_record(job_id))

@@ -121,10 +121,11 @@ def test_a_queued_explain_message_is_found_by_job(broker: Broker) -> None:
 
 def test_messages_a_worker_holds_unacknowledged_are_found_too(broker: Broker) -> None:
     job_id = _job_id()
-    send_predict_messages(broker.celery, job_id, [0, 1, 2], explain=False)
+    send_predict_messages(broker.celery, job_id, [0, 1], explain=False)
+    send_predict_messages(broker.celery, job_id, [2], explain=False)
     send_predict_messages(broker.celery, job_id, [], explain=True)
 
-    for _ in range(3):
+    for _ in range(2):
         broker.hold_oldest()
 
     assert broker.redis.llen(broker.queue) == 1
@@ -151,9 +152,19 @@ def test_messages_of_other_tasks_are_ignored(broker: Broker) -> None:
     assert broker.work_of(job_id) == PendingWork()
 
 
-def test_a_queue_longer_than_the_scan_limit_is_not_scanned(broker: Broker) -> None:
+def test_a_job_s_images_travel_in_one_message(broker: Broker) -> None:
     job_id = _job_id()
     send_predict_messages(broker.celery, job_id, [0, 1, 2], explain=False)
+
+    (raw,) = broker.redis.lrange(broker.queue, 0, -1)
+
+    assert json.loads(raw)["headers"]["argsrepr"] == repr([job_id, [0, 1, 2]])
+
+
+def test_a_queue_longer_than_the_scan_limit_is_not_scanned(broker: Broker) -> None:
+    job_id = _job_id()
+    for index in range(3):
+        send_predict_messages(broker.celery, job_id, [index], explain=False)
 
     assert pending_work(broker.redis, broker.queue, scan_limit=2) is None
     assert broker.work_of(job_id, scan_limit=3).images == {(job_id, 0), (job_id, 1), (job_id, 2)}
