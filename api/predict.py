@@ -36,6 +36,7 @@ from imgq.errors import (
 from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
+from imgq.media_types import IMAGE_MEDIA_TYPES
 from imgq.queueing import send_predict_messages
 from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
@@ -43,16 +44,6 @@ from ml.preprocess import ImageLimits, check_images
 from ml.registry import split_model_id
 
 blp = Blueprint("predict", __name__, url_prefix="/jobs", description="Prediction jobs")
-
-IMAGE_MEDIA_TYPES = (
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/gif",
-    "image/bmp",
-    "image/tiff",
-)
-"""Content types of a raw image body: the formats imgq decodes (``ml.preprocess``)."""
 
 _PREDICT_BODY = {
     "required": True,

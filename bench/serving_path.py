@@ -399,6 +399,12 @@ def main() -> int:
     parser.add_argument("--no-polling", action="store_true", help="long-poll levels only")
     parser.add_argument("--no-raw", action="store_true", help="multipart uploads only")
     parser.add_argument(
+        "--batch-delay-ms",
+        type=int,
+        default=None,
+        help="IMGQ_MAX_BATCH_DELAY_MS (default: its default)",
+    )
+    parser.add_argument(
         "--profile-wait",
         type=float,
         default=0.0,
@@ -421,6 +427,8 @@ def main() -> int:
         api_keys_file=workdir / "api-keys.json",
         default_model=MODEL,
     )
+    if args.batch_delay_ms is not None:
+        settings = settings.model_copy(update={"max_batch_delay_ms": args.batch_delay_ms})
     model = register_nearzero_model(settings)
     raw_s = measure_raw(settings, model, image, 3.0)
     redis_service = start_redis(settings, workdir / "redis", workdir)
@@ -460,7 +468,8 @@ def main() -> int:
         f"machine: {os.cpu_count()} cores; image: chelsea 48x48 JPEG ({len(image)} bytes); "
         f"model: {model} (Lite0 at 32 px, raw single image {raw_s * 1000:.2f} ms); "
         f"API: {settings.api_workers} gunicorn workers x {settings.api_threads} threads; "
-        f"one prediction worker, max batch {settings.max_batch_size}"
+        f"one prediction worker, max batch {settings.max_batch_size}, "
+        f"batch delay {settings.max_batch_delay_ms} ms"
     )
     print_levels(levels)
     print_ratios(levels, raw_s)

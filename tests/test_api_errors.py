@@ -18,7 +18,7 @@ from werkzeug.test import TestResponse
 
 from api.app import create_app
 from api.errors import server_error_response
-from api.predict import IMAGE_MEDIA_TYPES
+from imgq.media_types import IMAGE_MEDIA_TYPES
 from imgq.settings import Settings
 from tests.support.http import credentials
 from tests.support.images import jpeg_bytes

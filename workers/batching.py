@@ -6,7 +6,7 @@ queues many tiny batches behind the running one (we measured a mean batch of 1.3
 concurrent clients). Here a batch is formed only when the model is free: messages keep
 collecting while a forward pass runs, and the moment it ends the next batch (up to
 ``flush_every`` messages) starts. When idle, the first message waits at most
-``flush_interval`` for company.
+``flush_interval`` for company; the timer runs only for that wait.
 
 Acknowledgement is also stricter than upstream: messages are acked only when the batch
 reports its results stored; a batch that raised is requeued rather than acked and lost. A
@@ -53,16 +53,20 @@ class DynamicBatches(Batches):
             return batch
 
     def _do_flush(self) -> None:
-        """Timer tick or every ``flush_every``-th message, on the consumer's event loop."""
+        """Timer tick or every ``flush_every``-th message, on the consumer's event loop.
+
+        Either way the timer stops: the next message to arrive starts it again. While a batch
+        runs it has nothing to do (the batch's end takes what is waiting), so it does not tick
+        every ``flush_interval`` for nothing.
+        """
         batch = self._take_batch()
         if batch:
             self._count = count(1)
             self.flush(batch)
-        elif self._in_flight == 0 and self._buffer.empty():
-            timer = getattr(self, "_tref", None)
-            if timer is not None:
-                timer.cancel()  # idle: the next message restarts the timer
-                self._tref = None
+        timer = getattr(self, "_tref", None)
+        if timer is not None:
+            timer.cancel()
+            self._tref = None
 
     def _batch_done(self) -> None:
         """On the pool thread that ran a batch: start the next one without waiting a tick."""

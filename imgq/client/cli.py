@@ -18,7 +18,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from imgq.client.http import ApiError, ImgqClient, zip_dataset
+from imgq.client.http import TERMINAL, ApiError, ImgqClient, zip_dataset
+
+PREDICT_WAIT_S = 30
+"""How long ``imgq predict --wait`` asks the server to hold its answer (``Prefer: wait``)."""
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SPARK_BARS = "▁▂▃▄▅▆▇█"
@@ -49,11 +52,16 @@ def _table(rows: list[list[Any]], header: list[str]) -> None:
 def cmd_predict(client: ImgqClient, args: argparse.Namespace) -> Any:
     """Submit images; with --wait, wait for and show the labels."""
     job = client.predict(
-        [Path(p) for p in args.images], model=args.model, version=args.version, top_k=args.top_k
+        [Path(p) for p in args.images],
+        wait_s=PREDICT_WAIT_S if args.wait else 0,
+        model=args.model,
+        version=args.version,
+        top_k=args.top_k,
     )
     if not args.wait:
         return job
-    document = list(client.follow(job["id"]))[-1]
+    # Held by the server until the job ends (Prefer: wait), else long-polled: never a tight loop.
+    document = job if job["status"] in TERMINAL else list(client.follow(job["id"], 30))[-1]
     if document["status"] != "succeeded":
         raise ApiError(
             0,

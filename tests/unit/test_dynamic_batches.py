@@ -208,14 +208,17 @@ def test_an_idle_tick_cancels_the_flush_timer() -> None:
     assert task._tref is None
 
 
-def test_a_tick_during_a_running_batch_keeps_the_flush_timer() -> None:
+def test_a_tick_during_a_running_batch_stops_the_flush_timer_and_the_batch_end_takes_over() -> None:
     pool = FakePool(hold=True)
     task = _batches(pool)
     _buffer(task, 1)
     task._do_flush()
     timer = _start_timer(task)
+    waiting = _buffer(task, 2)
 
     task._do_flush()
 
-    assert not timer.cancelled
-    assert task._tref is timer
+    assert timer.cancelled
+    assert task._tref is None
+    pool.finish_oldest(True)
+    assert _ids(pool.batches[1]) == _ids(waiting)  # taken when the first batch ended, no tick
