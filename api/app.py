@@ -18,11 +18,14 @@ from api import (
     metrics,
     models,
     monitoring,
+    oip,
     predict,
     rollout,
+    tfserving,
 )
 from api.auth import BEARER_SCHEME, BEARER_SECURITY_SCHEME, install_auth
 from api.errors import ImgqApi, register_error_handlers
+from api.protocol_errors import install_protocol_errors
 from api.quotas import install_rate_limit
 from api.services import Services
 from api.waiters import JobWaiters
@@ -111,9 +114,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         rollout.blp,
         exports.blp,
         datasets.blp,
+        oip.blp,  # inference protocols: synchronous views of predict jobs
+        tfserving.blp,
     ):
         rest_api.register_blueprint(blueprint)
     app.register_blueprint(metrics.blp)  # plain Flask: not part of the OpenAPI document
     app.register_blueprint(docs.blp)  # Swagger UI's files for /docs, likewise
     register_error_handlers(app)
+    install_protocol_errors(app)  # their errors in the protocols' shape
     return app

@@ -1,8 +1,9 @@
 """Bearer-key authentication and the two roles, applied to every request in one place.
 
-Health, readiness and metrics stay open for probes and scrapers, and the OpenAPI document and
-the ``/docs`` page for readers who have no key yet; everything else needs
-``Authorization: Bearer <key>``, which the OpenAPI document declares as its security scheme.
+Health, readiness and metrics stay open for probes and scrapers (the Open Inference Protocol's
+health and server metadata too, as Triton's are: they say nothing about anyone's models), and
+the OpenAPI document and the ``/docs`` page for readers who have no key yet; everything else
+needs ``Authorization: Bearer <key>``, which the OpenAPI document declares as its security scheme.
 A client sees only its own jobs: another client's job id is answered exactly like an unknown
 one (404), so ids cannot be probed.
 """
@@ -20,6 +21,9 @@ OPEN_ENDPOINTS = frozenset(
         "health.healthz",
         "health.readyz",
         "metrics.metrics",
+        "oip.server_metadata",
+        "oip.server_live",
+        "oip.server_ready",
         # flask-smorest's own blueprint ("api-docs"): the document and the Swagger UI page
         "api-docs.openapi_json",
         "api-docs.openapi_swagger_ui",

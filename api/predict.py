@@ -24,7 +24,7 @@ from api.schemas import (
     WholeNumber,
 )
 from api.services import services
-from api.submission import enqueue_or_undo, submission_endpoint
+from api.submission import submission_endpoint, submitted
 from imgq.api_keys import Role
 from imgq.errors import (
     Forbidden,
@@ -37,7 +37,11 @@ from imgq.jobs.idempotency import fingerprint
 from imgq.jobs.status import JobType
 from imgq.jobs.store import new_job_id
 from imgq.media_types import IMAGE_MEDIA_TYPES
-from imgq.queueing import send_predict_messages
+from imgq.queueing import (
+    can_queue_in_transaction,
+    predict_message_commands,
+    send_predict_messages,
+)
 from imgq.quotas import JobKind
 from imgq.webhooks.callback_urls import check_callback_url
 from ml.preprocess import ImageLimits, check_images
@@ -156,42 +160,76 @@ def _retains(model: str, asked: bool | None) -> bool:
     return asked
 
 
-def queue_predict_job(images: list[bytes], options: dict[str, Any]) -> tuple[str, Response | None]:
-    """Check, admit, store and queue a predict job for the caller; the one way any predict
-    endpoint creates a job (``POST /jobs/predict`` and the protocol views over it).
+def queue_predict_job(
+    images: list[bytes], options: dict[str, Any], *, max_top_k: int | None = None
+) -> tuple[str, Response | None]:
+    """Check, admit and store a predict job for the caller, for the views over a job (the
+    inference protocols), which then queue it with ``send_predict_job``.
 
     Args:
         images: the encoded images, in order.
         options: validated ``PredictOptionsSchema`` fields (``owner``, ``retain`` are consumed).
+        max_top_k: the ``top_k`` ceiling, when a protocol needs more than ``IMGQ_MAX_TOP_K``
+            (every class's score: Open Inference Protocol's ``probabilities``).
 
     Returns:
         The new job's id and, for an ``Idempotency-Key`` replay, the stored answer to send
         instead (the job id is then unused).
 
     Raises:
-        ImgqError: the request is refused (4xx), or ``ServiceUnavailable`` when nothing could
-            be queued (the job and its claims are undone first).
+        ImgqError: the request is refused (4xx).
     """
-    request.max_content_length = services().settings.max_request_bytes
+    job_id = new_job_id()
+    stored = store_predict_job(job_id, images, options, queue=False, max_top_k=max_top_k)
+    return job_id, stored if isinstance(stored, Response) else None
+
+
+def store_predict_job(
+    job_id: str,
+    images: list[bytes],
+    options: dict[str, Any],
+    *,
+    queue: bool,
+    max_top_k: int | None = None,
+) -> Response | bool:
+    """Check, admit and store a predict job for the caller; the one way any predict endpoint
+    creates one (``POST /jobs/predict`` and, through ``queue_predict_job``, the protocols).
+
+    With ``queue``, the job's message is queued in the same Redis transaction as the record
+    when the broker is the job store's Redis (``imgq.queueing.can_queue_in_transaction``):
+    one round trip, and never a job without its message or a message without its job.
+
+    Args:
+        job_id: the new job's id.
+        images: the encoded images, in order.
+        options: validated ``PredictOptionsSchema`` fields (``owner``, ``retain`` are consumed).
+        queue: queue the job's message with the record where possible.
+        max_top_k: the ``top_k`` ceiling (default ``IMGQ_MAX_TOP_K``).
+
+    Returns:
+        For an ``Idempotency-Key`` replay, the stored answer to send instead; else whether
+        the job's message was queued with it (if not, send it with ``send_predict_job``).
+
+    Raises:
+        ImgqError: the request is refused (4xx).
+    """
     _check_images(images)
     svc = services()
     model = visible_model(
         options.get("model", svc.settings.default_model), options.pop("owner", None)
     )
     version_of(model, options.get("version"))  # 404 now for unknown models or versions
-    if options.get("top_k", 0) > svc.settings.max_top_k:
-        raise ValidationFailed(
-            SCHEMA_MISMATCH, {"top_k": [f"Must be at most {svc.settings.max_top_k}."]}
-        )
+    ceiling = svc.settings.max_top_k if max_top_k is None else max_top_k
+    if options.get("top_k", 0) > ceiling:
+        raise ValidationFailed(SCHEMA_MISMATCH, {"top_k": [f"Must be at most {ceiling}."]})
     callback = options.get("callback_url")
     if callback is not None:
         check_callback_url(callback, svc.settings.webhook_allow_private, svc.settings.webhook_ports)
     retain = _retains(model, options.pop("retain", None))
-    job_id = new_job_id()
     content = json.dumps({**options, "model": model, "retain": retain}, sort_keys=True)
     replay = replay_or_claim(fingerprint(content, *images), job_id)
     if replay is not None:
-        return job_id, replay
+        return replay
     explain = bool(options.get("explain"))
     admit(
         job_id,
@@ -201,6 +239,9 @@ def queue_predict_job(images: list[bytes], options: dict[str, Any]) -> tuple[str
     )
     until = time.time() + svc.settings.job_ttl_s  # feedback is accepted while the job lives
     retained = [svc.datasets.hold(model, image, until) for image in images] if retain else None
+    commands = None
+    if queue and can_queue_in_transaction(svc.settings):
+        commands = predict_message_commands(svc.celery, job_id, range(len(images)), explain=explain)
     svc.jobs.create_predict_job(
         job_id,
         images,
@@ -213,8 +254,9 @@ def queue_predict_job(images: list[bytes], options: dict[str, Any]) -> tuple[str
         callback_url=callback,
         explain=explain,
         retained=retained,
+        queue_commands=commands,
     )
-    return job_id, None
+    return commands is not None
 
 
 def send_predict_job(job_id: str, image_count: int, options: dict[str, Any]) -> None:
@@ -233,9 +275,13 @@ def submit_predict() -> tuple[dict[str, Any], int, dict[str, str]] | Response:
     """
     request.max_content_length = services().settings.max_request_bytes
     images, options = _read_predict_request()
-    job_id, replay = queue_predict_job(images, options)
-    if replay is not None:
-        return replay
-    return enqueue_or_undo(
-        job_id, JobType.PREDICT, lambda: send_predict_job(job_id, len(images), options)
-    )
+    job_id = new_job_id()
+    with submitted(job_id, JobType.PREDICT) as submission:  # listening before anything is queued
+        stored = store_predict_job(job_id, images, options, queue=True)
+        if isinstance(stored, Response):
+            return stored  # an Idempotency-Key replay
+        if stored:
+            submission.queued_with_record()
+        else:
+            submission.send(lambda: send_predict_job(job_id, len(images), options))
+        return submission.answer()

@@ -13,7 +13,9 @@ A client that would rather have the result in the same round trip sends ``Prefer
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Response, request, url_for
@@ -135,6 +137,51 @@ def send_and_wait(
     return None
 
 
+class Submission:
+    """A job being submitted: queued (by ``send``, or with its record), then answered."""
+
+    def __init__(
+        self, job_id: str, job_type: JobType, event: threading.Event | None, wait_s: float
+    ) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self._event = event
+        self._wait_s = wait_s
+
+    def send(self, send: Callable[[], object], undo: Callable[[], object] = lambda: None) -> None:
+        """Queue the stored job with ``send``, or undo it and raise ``ServiceUnavailable``."""
+        _send_or_undo(self.job_id, self.job_type, send, undo)
+
+    def queued_with_record(self) -> None:
+        """The job's messages went with its record, in one transaction: count it."""
+        JOBS_SUBMITTED.labels(self.job_type.value).inc()
+
+    def answer(self) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
+        """``202`` with ``Location``; or with ``Prefer: wait=N``, the ended job if it ended in
+        time (``200``, ``Preference-Applied``)."""
+        location = url_for("jobs.get_job", job_id=self.job_id)
+        if self._event is not None and self._event.wait(self._wait_s):
+            fields, delivery = services().jobs.fields_and_delivery(self.job_id)
+            if fields and JobStatus(fields["status"]).is_terminal:
+                response = job_response(fields, delivery)
+                response.headers["Location"] = location
+                response.headers["Preference-Applied"] = f"wait={self._wait_s:g}"
+                return response
+        return {"id": self.job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+
+
+@contextmanager
+def submitted(job_id: str, job_type: JobType) -> Iterator[Submission]:
+    """Listen for ``job_id``'s end (with ``Prefer: wait``) for as long as the block runs.
+
+    Enter it before the job is stored or queued, so an end that comes at once still wakes the
+    answer.
+    """
+    wait_s = preferred_wait_s()
+    with services().waiters.watching(job_id, wait_s) as event:
+        yield Submission(job_id, job_type, event, wait_s)
+
+
 def enqueue_or_undo(
     job_id: str,
     job_type: JobType,
@@ -145,16 +192,6 @@ def enqueue_or_undo(
 
     With ``Prefer: wait=N``, the job's end is awaited first (see the module docstring).
     """
-    svc = services()
-    wait_s = preferred_wait_s()
-    with svc.waiters.watching(job_id, wait_s) as event:  # before sending: no lost wake-up
-        _send_or_undo(job_id, job_type, send, undo)
-        location = url_for("jobs.get_job", job_id=job_id)
-        if event is not None and event.wait(wait_s):
-            fields, delivery = svc.jobs.fields_and_delivery(job_id)
-            if fields and JobStatus(fields["status"]).is_terminal:
-                response = job_response(fields, delivery)
-                response.headers["Location"] = location
-                response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-                return response
-    return {"id": job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+    with submitted(job_id, job_type) as submission:
+        submission.send(send, undo)
+        return submission.answer()

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     ``deadline_exceeded``, so no accepted job stays open for ever."""
     default_top_k: PositiveInt = 5
     """Labels returned per image when the request names no ``top_k``."""
+    sync_infer_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest an inference-protocol call (``/v2/.../infer``, ``/v1/...:predict``) waits for
+    its predict job; beyond it the answer is ``504`` and the job runs on (``GET /jobs``).
+    Half of tritonclient's default 60 s network timeout, so the client reads the 504."""
 
     max_batch_size: PositiveInt = 32
     """Most images one forward pass runs on."""

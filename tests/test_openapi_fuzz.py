@@ -17,7 +17,7 @@ from api.app import create_app
 from imgq.settings import Settings
 from tests.support.http import credentials
 
-OPERATIONS_EXPECTED = 37
+OPERATIONS_EXPECTED = 50
 """Operations in the document (a drop would mean routes fell out of it)."""
 
 
