@@ -19,6 +19,12 @@ would have before (delivery stays at-least-once; job records make it effectively
 worker that stops cleanly sends its queued acks first. Without an event loop (a plain kombu
 consumer) acks go out one by one, as before.
 
+It also lets a caller put a message's publish into its own Redis transaction
+(``captured_publishes``): the API stores a predict job and queues its message in one
+``MULTI``/``EXEC``, one round trip, and a job is never visible without its message or the
+other way round. The message is kombu's own, prepared and routed by kombu; only the final
+``LPUSH`` is handed to the caller instead of being sent.
+
 ``transport_for`` picks this transport for ``redis://`` and ``rediss://`` broker URLs and
 leaves every other scheme to kombu.
 """
@@ -27,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
@@ -80,6 +88,58 @@ class QoS(kombu_redis.QoS):
         return super().restore_unacked_once(stderr)
 
 
+RedisCommand = tuple[str, tuple[Any, ...]]
+"""A Redis command as kombu's publish batches record it: method name and arguments."""
+
+_capture = threading.local()
+"""Per thread: the list collecting publishes inside ``captured_publishes``, or unset."""
+
+
+class CapturedPublishes:
+    """Takes the place of kombu's ``PublishBatch`` inside ``captured_publishes``: each
+    message is prepared and routed by kombu as usual, and its Redis commands are kept."""
+
+    def __init__(self, channel: Any, commands: list[RedisCommand]) -> None:
+        self.channel = channel
+        self.commands = commands
+
+    def publish(self, message: Any, **kwargs: Any) -> Any:
+        """Route one prepared message; its commands arrive through ``add``."""
+        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        """What kombu's channel would have sent for a message."""
+        self.commands.append((name, args))
+
+    def flush(self) -> None:
+        """Nothing is sent here: the caller runs the commands."""
+
+    def discard(self) -> None:
+        """The publishing block failed: forget its commands."""
+        self.commands.clear()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@contextmanager
+def captured_publishes() -> Iterator[list[RedisCommand]]:
+    """Inside the block, messages this thread publishes with ``Producer.batch()`` on this
+    transport are not sent: their Redis commands collect in the list it yields, for the
+    caller to run in its own transaction on the broker's Redis."""
+    commands: list[RedisCommand] = []
+    _capture.commands = commands
+    try:
+        yield commands
+    finally:
+        _capture.commands = None
+
+
+def _capturing() -> list[RedisCommand] | None:
+    commands: list[RedisCommand] | None = getattr(_capture, "commands", None)
+    return commands
+
+
 _KOMBU_CHANNEL: Any = kombu_redis.Channel
 """kombu's channel, untyped (mypy sees only part of it)."""
 
@@ -99,6 +159,22 @@ class Channel(kombu_redis.Channel):
             client = _KOMBU_CHANNEL._create_client(self)
             self._cached_client = client
         return client
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        """kombu's answer, except while publishes are being captured (nothing is sent)."""
+        if _capturing() is not None:
+            return True
+        return bool(_KOMBU_CHANNEL.supports_batch_publish.fget(self))
+
+    def create_publish_batch(self, max_size: int) -> Any:
+        """kombu's publish batch, or the capturing stand-in inside ``captured_publishes``."""
+        commands = _capturing()
+        if commands is not None:
+            if self.global_keyprefix:  # kombu adds the prefix when it sends, not in the batch
+                raise ValueError("publishes cannot be captured with a global_keyprefix")
+            return CapturedPublishes(self, commands)
+        return _KOMBU_CHANNEL.create_publish_batch(self, max_size)
 
 
 class Transport(kombu_redis.Transport):

@@ -14,7 +14,7 @@ from celery import Celery
 from kombu import Queue
 from kombu.utils.uuid import uuid
 
-from imgq.broker import transport_for
+from imgq.broker import RedisCommand, captured_publishes, transport_for
 from imgq.settings import Settings
 
 PREDICT_QUEUE = "predict"
@@ -129,15 +129,17 @@ def send_predict_messages(
     """Queue a predict job's work: one message for the given image indices, or for an
     explained job one message for the whole job (explanations stay out of the batched path).
 
-    The API sends a new job's images this way, and the reaper a job's lost ones. One message
-    per job, not per image: a worker's cost is mostly per message (kombu's delivery and ack
+    The reaper sends a job's lost images this way, and the API a new job's when it cannot
+    queue them in the job's own transaction (``predict_message_commands``). One message per
+    job, not per image: a worker's cost is mostly per message (kombu's delivery and ack
     bookkeeping), and a job's images are wanted together anyway. The message is Celery's own
     (``app.amqp.create_task_message``), sent on the anonymous exchange straight to the predict
     queue, which needs no declaring, with its ``argsrepr`` given (Celery would otherwise
     ``saferepr`` the arguments): about half of what ``send_task`` costs.
     """
     if explain:
-        celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE)
+        with celery.producer_or_acquire() as producer, producer.batch():
+            celery.send_task(EXPLAIN_TASK, args=[job_id], queue=PREDICT_QUEUE, producer=producer)
         return
     wanted = list(indices)
     if not wanted:
@@ -147,7 +149,26 @@ def send_predict_messages(
     message = amqp.create_task_message(
         uuid(), PREDICT_IMAGE_TASK, args, {}, argsrepr=repr(args), kwargsrepr="{}"
     )
-    with celery.producer_or_acquire() as producer:
+    with celery.producer_or_acquire() as producer, producer.batch():
         amqp.send_task_message(
             producer, PREDICT_IMAGE_TASK, message, queue=PREDICT_QUEUE, declare=[]
         )
+
+
+def predict_message_commands(
+    celery: Celery, job_id: str, indices: Iterable[int], *, explain: bool
+) -> list[RedisCommand]:
+    """The Redis commands that would queue ``send_predict_messages``' message, unsent, for
+    the caller to run in its own transaction on the broker's Redis (``imgq.broker``)."""
+    with captured_publishes() as commands:
+        send_predict_messages(celery, job_id, indices, explain=explain)
+    return list(commands)
+
+
+def can_queue_in_transaction(settings: Settings) -> bool:
+    """Whether a job's messages can be queued in the job store's own transaction: the broker
+    is the job store's Redis (same URL), on ``imgq.broker``'s transport."""
+    return (
+        settings.celery_broker_url == settings.redis_url
+        and transport_for(settings.celery_broker_url) is not None
+    )

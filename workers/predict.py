@@ -54,14 +54,18 @@ class BatchRunner:
         """Run one batch of image messages; True once every result or failure is stored."""
         images = self.context.images
         refs = [ref for r in requests for ref in message_images(r.args)]
-        targets = images.targets(sorted({job_id for job_id, _ in refs}))
-        live = [(job_id, index) for job_id, index in refs if targets[job_id] is not None]
+        targets, loaded = images.targets_and_images(sorted({job_id for job_id, _ in refs}), refs)
+        live = [
+            (job_id, index, image)
+            for (job_id, index), image in zip(refs, loaded, strict=True)
+            if targets[job_id] is not None
+        ]
         if not live:
             return True  # every job ended or expired: nothing to do, ack
-        self.context.jobs.mark_running(sorted({job_id for job_id, _ in live}))
+        self.context.jobs.mark_running(sorted({job_id for job_id, _, _ in live}))
         targets = self._pin_versions(targets)
         by_model: dict[tuple[str, int], list[_Item]] = defaultdict(list)
-        for (job_id, index), image in zip(live, images.load(live), strict=True):
+        for job_id, index, image in live:
             target = targets[job_id]
             if target is not None and target.version is not None:
                 by_model[(target.model, target.version)].append((target, index, image))

@@ -67,17 +67,28 @@ class PredictImages:
 
     def targets(self, job_ids: Sequence[str]) -> dict[str, PredictTarget | None]:
         """Fetch what workers need for each job; None for jobs gone or already terminal."""
+        return self.targets_and_images(job_ids, [])[0]
+
+    def targets_and_images(
+        self, job_ids: Sequence[str], refs: Sequence[tuple[str, int]]
+    ) -> tuple[dict[str, PredictTarget | None], list[bytes | None]]:
+        """``targets`` of ``job_ids`` and the encoded images ``refs`` name (``load``), in one
+        round trip: what a batch reads before it runs."""
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(redis_keys.job_record(job_id), ["status", "model", "version", "top_k"])
+        for job_id, index in refs:
+            pipe.hget(redis_keys.job_images(job_id), str(index))
+        replies = pipe.execute()
+        records, images = replies[: len(job_ids)], replies[len(job_ids) :]
         targets: dict[str, PredictTarget | None] = {}
-        for job_id, (status, model, version, top_k) in zip(job_ids, pipe.execute(), strict=True):
+        for job_id, (status, model, version, top_k) in zip(job_ids, records, strict=True):
             if status is None or JobStatus(_text(status)).is_terminal:
                 targets[job_id] = None
             else:
                 pinned = None if version is None else int(version)
                 targets[job_id] = PredictTarget(job_id, _text(model), pinned, int(top_k))
-        return targets
+        return targets, list(images)
 
     def pin_versions(self, versions: dict[str, int]) -> dict[str, int]:
         """Pin each job to a version unless one is pinned already; returns the pinned versions."""

@@ -88,8 +88,13 @@ class JobStore:
         callback_url: str | None = None,
         explain: bool = False,
         retained: Sequence[str] | None = None,
+        queue_commands: Sequence[tuple[str, tuple[Any, ...]]] | None = None,
     ) -> None:
         """Store a queued predict job with its images in one transaction.
+
+        ``queue_commands`` are the Redis commands that queue the job's message (from
+        ``imgq.queueing.predict_message_commands``), run in the same transaction when the
+        broker is this Redis: the job and its message appear together or not at all.
 
         ``retained`` are the hashes under which the images are also kept on the model store
         for feedback (``api.feedback``).
@@ -113,6 +118,8 @@ class JobStore:
         pipe.hset(redis_keys.job_images(job_id), mapping={str(i): b for i, b in enumerate(images)})
         pipe.expire(redis_keys.job_images(job_id), self._ttl_s)
         PredictChecks.schedule(pipe, job_id, float(str(record["created_at"])) + check_after_s)
+        for name, args in queue_commands or ():
+            getattr(pipe, name)(*args)
         pipe.execute()
 
     def create_job(

@@ -7,6 +7,7 @@ messages are published and taken with kombu itself, and the event loop is a real
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.asynchronous import Hub, get_event_loop, set_event_loop
 
-from imgq.broker import Channel, Transport, transport_for
+from imgq.broker import Channel, Transport, captured_publishes, transport_for
+from imgq.jobs.queued_messages import PendingWork, pending_work
+from imgq.queueing import PREDICT_QUEUE, make_celery, predict_message_commands
 from imgq.settings import Settings
 
 
@@ -150,3 +153,35 @@ def test_a_closing_channel_sends_its_queued_acks_and_restores_only_the_rest(
     queued = broker.redis.llen(f"{broker.prefix}work")
     assert queued == 1  # the unacked one is back in the queue; the acked one is gone
     assert held.delivery_tag
+
+
+def test_a_captured_publish_is_kombu_s_own_message_and_is_not_sent(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    job_id = uuid.uuid4().hex
+    celery = make_celery(settings)
+    try:
+        commands = predict_message_commands(celery, job_id, [0, 1], explain=False)
+    finally:
+        celery.close()
+
+    ((name, (key, payload)),) = commands
+    assert (name, key) == ("lpush", PREDICT_QUEUE)
+    work = PendingWork()
+    work.add(json.loads(payload))  # what the reaper reads back from the queue
+    assert work.images == {(job_id, 0), (job_id, 1)}
+    queued = pending_work(redis_client, PREDICT_QUEUE, scan_limit=10_000)
+    assert queued is not None and not {i for i in queued.images if i[0] == job_id}
+
+
+def test_publishes_are_not_captured_under_a_key_prefix_kombu_would_add_later(
+    broker: Broker,
+) -> None:
+    producer: Any = broker.connection.Producer()
+    with (
+        pytest.raises(ValueError, match="global_keyprefix"),
+        captured_publishes(),
+        producer.batch(),
+    ):
+        producer.publish({"index": 0}, routing_key=broker.queue.name, declare=[])
+    assert broker.redis.llen(f"{broker.prefix}work") == 0
