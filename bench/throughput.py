@@ -80,14 +80,14 @@ def measure_raw(
     """Images/s per batch size, and the p50 single-image latency (s), in this process."""
     from ml.classifier import load_classifier
     from ml.preprocess import ImageLimits, decode_image
-    from ml.registry import ModelRegistry
+    from ml.registry import BUILTIN_MODEL_ID, ModelRegistry
     from ml.runtime import inference_lanes
 
     registry = ModelRegistry(settings.model_store)
-    version = registry.get(settings.default_model)
+    version = registry.get(BUILTIN_MODEL_ID)  # what the service ran (`imagenet` is shared)
     classifier = load_classifier(
         version,
-        registry.local_version_dir(version.name, version.version),
+        registry.local_version_dir(BUILTIN_MODEL_ID, version.version),
         settings.weights_dir,
         max(batch_sizes),
         lanes=inference_lanes(settings.inference_lanes),  # the worker's runtime, exactly
