@@ -17,3 +17,4 @@ test: lint
 
 bench: setup
 	.venv/bin/python bench/throughput.py
+	.venv/bin/python bench/serving_path.py
