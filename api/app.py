@@ -8,12 +8,14 @@ import redis
 from flask import Flask
 
 from api import (
+    console,
     datasets,
     docs,
     exports,
     feedback,
     finetune,
     health,
+    identity,
     jobs,
     metrics,
     models,
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The whole route map: one blueprint per module, in the order the OpenAPI document lists them.
     for blueprint in (
         health.blp,
+        identity.blp,
         predict.blp,
         finetune.blp,
         jobs.blp,
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         rest_api.register_blueprint(blueprint)
     app.register_blueprint(metrics.blp)  # plain Flask: not part of the OpenAPI document
     app.register_blueprint(docs.blp)  # Swagger UI's files for /docs, likewise
+    app.register_blueprint(console.blp)  # the /console page and its files, likewise
     register_error_handlers(app)
     install_protocol_errors(app)  # their errors in the protocols' shape
     return app

@@ -2,8 +2,9 @@
 
 Health, readiness and metrics stay open for probes and scrapers (the Open Inference Protocol's
 health and server metadata too, as Triton's are: they say nothing about anyone's models), and
-the OpenAPI document and the ``/docs`` page for readers who have no key yet; everything else
-needs ``Authorization: Bearer <key>``, which the OpenAPI document declares as its security scheme.
+the OpenAPI document, the ``/docs`` page and the ``/console`` page (with their files) for readers
+who have no key yet; everything else needs ``Authorization: Bearer <key>``, which the OpenAPI
+document declares as its security scheme.
 A client sees only its own jobs: another client's job id is answered exactly like an unknown
 one (404), so ids cannot be probed.
 """
@@ -28,6 +29,10 @@ OPEN_ENDPOINTS = frozenset(
         "api-docs.openapi_json",
         "api-docs.openapi_swagger_ui",
         "docs.swagger_ui_asset",
+        # the /console page and its files: every call the page makes sends the key
+        "console.console_page",
+        "console.console_slash",
+        "console.console_asset",
     }
 )
 """Endpoints that answer without a key."""

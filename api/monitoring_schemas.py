@@ -75,11 +75,26 @@ class ClassDriftSchema(DriftTestSchema):
     reference = fields.Dict(keys=fields.String(), values=fields.Float(), allow_none=True)
 
 
+class ConfidenceHistogramSchema(Schema):
+    """Top-1 confidences of the window and of the reference, in equal bins of [0, 1]."""
+
+    edges = fields.List(fields.Float(), required=True, metadata={"description": "Bin edges."})
+    observed = fields.List(
+        fields.Integer(), required=True, metadata={"description": "Predictions per bin."}
+    )
+    reference = fields.List(
+        fields.Float(),
+        allow_none=True,
+        metadata={"description": "Share of the test split per bin (null: no reference)."},
+    )
+
+
 class ConfidenceDriftSchema(DriftTestSchema):
     """Kolmogorov-Smirnov test of the top-1 confidences."""
 
     observed_mean = fields.Float(allow_none=True)
     reference_mean = fields.Float(allow_none=True)
+    histogram = fields.Nested(ConfidenceHistogramSchema)
 
 
 class ClassAccuracySchema(Schema):

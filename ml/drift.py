@@ -32,6 +32,9 @@ from ml.registry import ModelRegistry, split_model_id
 
 MIN_EXPECTED = 5.0
 """Smallest expected count of a chi-square bin; smaller classes are pooled."""
+CONFIDENCE_BINS = 10
+"""Equal-width bins of top-1 confidence in the report's histogram (0.1 wide): enough to see a
+version grow unsure (mass moving left), few enough that a hundred predictions fill them."""
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,14 @@ def confidence_drift(
     """Two-sample Kolmogorov-Smirnov test of observed top-1 confidences against the reference.
 
     Returns:
-        ``{"observed_mean", "reference_mean", "statistic", "p_value", "drifted"}``; the test's
-        fields are ``None`` without a reference sample or without observations.
+        ``{"observed_mean", "reference_mean", "histogram", "statistic", "p_value",
+        "drifted"}`` (``histogram`` as ``confidence_histogram``); the test's fields are ``None``
+        without a reference sample or without observations.
     """
     found: dict[str, Any] = {
         "observed_mean": float(np.mean(observed)) if observed else None,
         "reference_mean": float(np.mean(reference)) if reference else None,
+        "histogram": confidence_histogram(observed, reference),
         "statistic": None,
         "p_value": None,
         "drifted": None,
@@ -149,6 +154,36 @@ def confidence_drift(
         "statistic": float(result.statistic),
         "p_value": p_value,
         "drifted": bool(p_value < rule.alpha and len(observed) >= rule.min_predictions),
+    }
+
+
+def confidence_histogram(
+    observed: Sequence[float], reference: Sequence[float] | None
+) -> dict[str, Any]:
+    """Top-1 confidences counted in ``CONFIDENCE_BINS`` equal bins of [0, 1], the window's and
+    the reference's side by side: what the KS statistic summarises in one number, as a shape
+    people can read (the console draws it).
+
+    Args:
+        observed: the window's top-1 confidences.
+        reference: the version's test-split confidences, or None without a reference.
+
+    Returns:
+        ``{"edges": [0.0, 0.1, …, 1.0], "observed": [count per bin], "reference": [fraction per
+        bin] or None}``; the last bin includes 1.0.
+    """
+    edges = np.linspace(0.0, 1.0, CONFIDENCE_BINS + 1)
+    counts, _ = np.histogram(np.clip(np.asarray(observed, dtype=np.float64), 0.0, 1.0), edges)
+    shares = None
+    if reference:
+        expected, _ = np.histogram(
+            np.clip(np.asarray(reference, dtype=np.float64), 0.0, 1.0), edges
+        )
+        shares = [float(count) / len(reference) for count in expected]
+    return {
+        "edges": [round(float(edge), 2) for edge in edges],
+        "observed": [int(count) for count in counts],
+        "reference": shares,
     }
 
 

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Install what imgq needs on this machine, idempotently: redis-server from Debian packages when
-# missing, then a virtualenv in .venv with the project and its dev tools (re-installed only when
-# pyproject.toml changes).
+# Install what imgq needs on this machine, idempotently: redis-server and chromium from Debian
+# packages when missing, then a virtualenv in .venv with the project and its dev tools
+# (re-installed only when pyproject.toml changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "setup: installing redis-server with apt-get" >&2
+# Debian packages, by the command each provides: redis-server for the stack, chromium for the
+# console's browser tests (Playwright drives it; `playwright install` would download a browser).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]} with apt-get" >&2
     sudo_cmd=""
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 
 from imgq.client.cli import (
+    PIPE_CLOSED_STATUS,
     SPARK_BARS,
     SPARK_GAP,
     build_parser,
     cmd_canary,
+    cmd_models,
     cmd_retrain,
     main,
     sparkline,
@@ -338,3 +341,70 @@ def test_retrain_wait_and_canary_show_the_new_version_and_the_canary(
         "pets: version 2 in canary with 12.5% of unpinned jobs (active version 1), "
         "since 1970-01-01 00:00:00Z by alice\n"
     )
+
+
+def test_help_is_plain_text_without_the_docstrings_backticks() -> None:
+    parser = build_parser()
+    subcommands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    pages = [parser.format_help(), *(sub.format_help() for sub in subcommands.choices.values())]
+    assert "imgq: the command-line client. Tables for people, --json for scripts." in pages[0]
+    assert not [page for page in pages if "``" in page]
+
+
+class ModelsStub(ImgqClient):
+    """Answers ``imgq models`` with a trained version and the built-in one (no metrics)."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:9", "key")
+
+    def models(self) -> list[dict[str, Any]]:
+        trained = {"version": 1, "active": True, "backbone": "efficientnet_lite0"}
+        return [
+            {
+                "name": "pets",
+                "owner": "alice",
+                "versions": [{**trained, "metrics": {"accuracy": 11 / 12}}],
+            },
+            {"name": "imagenet", "owner": "system", "versions": [{**trained, "metrics": {}}]},
+        ]
+
+
+def test_models_table_shows_accuracies_to_three_decimals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cmd_models(ModelsStub(), build_parser().parse_args(["models"])) is None
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[1] == ["pets", "alice", "1", "*", "efficientnet_lite0", "0.917"]
+    assert rows[2][-1] == "—"  # the built-in model has no test accuracy
+
+
+def _into_closed_pipe(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the client with stdout on a pipe whose reader is already gone (as ``| head`` is
+    once it has its lines)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "imgq.client.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly_like_sigpipe(api_server: str) -> None:
+    helped = _into_closed_pipe("--help")  # argparse ignores the failed write: quiet either way
+    assert helped.returncode in (0, PIPE_CLOSED_STATUS) and helped.stderr == b""
+    env = {**os.environ, "IMGQ_URL": api_server, "IMGQ_KEY": credentials.keys["admin"]}
+    for command in (["models"], ["--json", "models"]):
+        listed = _into_closed_pipe(*command, env=env)
+        assert (listed.returncode, listed.stderr) == (PIPE_CLOSED_STATUS, b""), command

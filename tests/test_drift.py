@@ -16,6 +16,7 @@ from ml.drift import (
     DriftRule,
     class_drift,
     confidence_drift,
+    confidence_histogram,
     feedback_accuracy,
     monitoring_report,
     reference_from_predictions,
@@ -128,6 +129,16 @@ def test_a_confidence_shift_in_too_few_predictions_is_not_drift() -> None:
     found = confidence_drift(_confidences(50, 0.1, 0.3, seed=2), reference, RULE)
     assert found["p_value"] < RULE.alpha
     assert found["drifted"] is False
+
+
+def test_the_confidence_histogram_counts_the_window_and_shares_the_reference_in_tenths() -> None:
+    found = confidence_histogram([0.05, 0.15, 0.95, 1.0, 1.0], [0.55, 0.95, 0.97, 1.0])
+    assert found["edges"] == [round(0.1 * i, 2) for i in range(11)]
+    assert found["observed"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 3]  # 1.0 in the last bin
+    assert found["reference"] == [0, 0, 0, 0, 0, 0.25, 0, 0, 0, 0.75]
+    report = confidence_drift(_confidences(150, 0.4, 0.8, seed=2), None, RULE)
+    assert sum(report["histogram"]["observed"]) == 150 and report["histogram"]["reference"] is None
+    assert confidence_histogram([], None)["observed"] == [0] * 10
 
 
 # --- no reference ----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """``imgq``: the command-line client. Tables for people, ``--json`` for scripts.
 
 The URL and key come from ``--url`` / ``--key`` or ``IMGQ_URL`` / ``IMGQ_KEY``. On any error the
-server's message is printed to stderr and the exit status is 1 (2 for usage errors).
+server's message is printed to stderr and the exit status is 1 (2 for usage errors). Output cut
+short by its reader (``imgq jobs | head``) ends quietly with status 141, as a program killed by
+SIGPIPE does, instead of an error message about a broken pipe.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +39,14 @@ REASON_WIDTH = 60
 """Characters of an event's reason ``imgq events`` shows at most (``--json`` has it all)."""
 WORDS = {"true": True, "false": False, "null": None}
 """Values of ``imgq policy --set KEY=VALUE`` read as JSON's words rather than as text."""
+PIPE_CLOSED_STATUS = 128 + signal.SIGPIPE
+"""Exit status when the reader of the output went away: what a shell reports for a program
+killed by SIGPIPE (``cat`` in ``cat big | head``), so ``set -o pipefail`` scripts see the same."""
+
+
+def _plain(text: str) -> str:
+    """Docstring text as a terminal shows it: without reStructuredText's double backticks."""
+    return text.replace("``", "")
 
 
 def _print_json(document: Any) -> None:
@@ -184,7 +195,7 @@ def cmd_models(client: ImgqClient, args: argparse.Namespace) -> Any:
             v["version"],
             "*" if v["active"] else "",
             v["backbone"],
-            v.get("metrics", {}).get("accuracy", ""),
+            _number((v.get("metrics") or {}).get("accuracy")),
         ]
         for m in models
         for v in m["versions"]
@@ -576,7 +587,7 @@ def _events_arguments(events: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="imgq", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="imgq", description=_plain(__doc__.split("\n\n")[0]))
     parser.add_argument("--url", default=os.environ.get("IMGQ_URL", DEFAULT_URL))
     parser.add_argument("--key", default=os.environ.get("IMGQ_KEY"))
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -657,7 +668,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; the exit status is 0 on success, 1 on any error."""
+    """Run one command; the exit status is 0 on success, 1 on any error (2 for usage errors),
+    ``PIPE_CLOSED_STATUS`` when the output's reader closed the pipe early."""
+    try:
+        try:
+            status = _run(argv)
+        finally:  # also after --help's SystemExit: a closed pipe shows on the buffered write
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return PIPE_CLOSED_STATUS
+    return status
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit finds no closed
+    pipe and prints nothing (the Python documentation's remedy for ``SIGPIPE``)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse the arguments and run the command; errors become a message and a status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "finetune" and not any(
@@ -672,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         print(f"imgq: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # our stdout closed (the network's are wrapped by requests): main handles it
     except OSError as exc:
         print(f"imgq: {exc}", file=sys.stderr)
         return 1
