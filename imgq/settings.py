@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 
     max_batch_size: PositiveInt = 32
     """Most images one forward pass runs on."""
-    max_batch_delay_ms: PositiveInt = 5
+    max_batch_delay_ms: PositiveInt = 2
     """Longest wait for a batch to fill once images are waiting."""
     inference_lanes: int = Field(default=0, ge=0)
     """Single-threaded forward passes a batch is split across on a CPU (0: one per core, up to
