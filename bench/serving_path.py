@@ -2,9 +2,11 @@
 
 On a GPU the model costs well under a millisecond per image, so what a job costs is imgq's
 own path: HTTP, the job record, the queue, the batch, the result and the wake-up. This
-benchmark isolates that path. It registers a near-zero-cost model like any trained version (the
-EfficientNet-Lite0 backbone at 32 px with a three-class head, saved as ``model.keras`` and
-published to the registry; the worker loads it like every other version, nothing is mocked),
+benchmark isolates that path. It registers a near-zero-cost model like any trained version
+(saved as ``model.keras`` and published to the registry; the worker loads it like every other
+version, nothing is mocked): by default (``--model lite0-32``) the EfficientNet-Lite0 backbone
+at 32 px with a three-class head, the model the issue's BentoML figures served; with
+``--model pooled`` a pooling layer and a dense layer, which leaves imgq's own path alone. It
 starts Redis, the API (gunicorn) and one prediction worker, and drives them with closed-loop
 clients sending a 48x48 JPEG:
 
@@ -75,12 +77,19 @@ def tiny_jpeg(size: int = 48) -> bytes:
     return buffer.getvalue()
 
 
-def register_nearzero_model(settings: Settings) -> str:
-    """Publish a 32-px Lite0 classifier as ``@bench-admin/nearzero`` v1 and activate it.
+MODEL_KINDS = {
+    "lite0-32": "the EfficientNet-Lite0 backbone at 32 px with a 3-class head",
+    "pooled": "global average pooling of the pixels into a 3-class dense layer",
+}
+"""The near-zero-cost models the benchmark can register: ``lite0-32`` is the model the issue's
+BentoML figures served; ``pooled`` costs next to nothing, so what is left is imgq's own path."""
 
-    A real Keras model in the registry, loaded by the worker the normal way; at 32 px its
-    forward pass costs about a millisecond for a batch on this machine's CPU.
-    """
+
+def register_nearzero_model(settings: Settings, kind: str) -> str:
+    """Publish a near-zero-cost classifier (``MODEL_KINDS``) as ``@bench-admin/nearzero`` v1
+    and activate it: a real Keras model in the registry, loaded by the worker the normal way."""
+    import keras
+
     from ml.backbones import WeightSources, load_backbone
     from ml.registry import ModelRegistry, ModelVersion, model_id, publish_version, staging_dir
     from ml.train import TrainConfig, build_classifier
@@ -89,15 +98,20 @@ def register_nearzero_model(settings: Settings) -> str:
     model = model_id(CLIENT, MODEL)
     if registry.exists(model):
         return model
-    backbone = load_backbone(
-        "efficientnet_lite0",
-        32,
-        pretrained=True,
-        sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
-    )
-    parts = build_classifier(backbone, 3, TrainConfig())
+    if kind == "pooled":
+        inputs = keras.Input((32, 32, 3), name="image")
+        pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+        network = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    else:
+        backbone = load_backbone(
+            "efficientnet_lite0",
+            32,
+            pretrained=True,
+            sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
+        )
+        network = build_classifier(backbone, 3, TrainConfig()).model
     staged = staging_dir(registry, model)
-    parts.model.save(staged / "model.keras")
+    network.save(staged / "model.keras")
     labels = ["cat", "coffee", "rocket"]
     publish_version(
         registry,
@@ -398,6 +412,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per level")
     parser.add_argument("--no-polling", action="store_true", help="long-poll levels only")
     parser.add_argument("--no-raw", action="store_true", help="multipart uploads only")
+    parser.add_argument("--model", choices=sorted(MODEL_KINDS), default="lite0-32")
     parser.add_argument(
         "--batch-delay-ms",
         type=int,
@@ -429,7 +444,7 @@ def main() -> int:
     )
     if args.batch_delay_ms is not None:
         settings = settings.model_copy(update={"max_batch_delay_ms": args.batch_delay_ms})
-    model = register_nearzero_model(settings)
+    model = register_nearzero_model(settings, args.model)
     raw_s = measure_raw(settings, model, image, 3.0)
     redis_service = start_redis(settings, workdir / "redis", workdir)
     api = start_api(settings, workdir, port := free_port())
@@ -466,7 +481,7 @@ def main() -> int:
         redis_service.stop()
     print(
         f"machine: {os.cpu_count()} cores; image: chelsea 48x48 JPEG ({len(image)} bytes); "
-        f"model: {model} (Lite0 at 32 px, raw single image {raw_s * 1000:.2f} ms); "
+        f"model: {model} ({MODEL_KINDS[args.model]}, raw single image {raw_s * 1000:.2f} ms); "
         f"API: {settings.api_workers} gunicorn workers x {settings.api_threads} threads; "
         f"one prediction worker, max batch {settings.max_batch_size}, "
         f"batch delay {settings.max_batch_delay_ms} ms"

@@ -1,9 +1,10 @@
 """The ``/docs`` page, through the real gunicorn API: Swagger UI from the installed package.
 
-No browser is installed on the machines the suite runs on, so these check what a browser would
-fetch, over HTTP: the page, every script and stylesheet it names (served here, from the
+Over HTTP: the page, every script and stylesheet it names (served here, from the
 ``swagger-ui-bundle`` wheel, never a CDN), the document its config points Swagger UI at, and the
-bearer scheme the "Authorize" button is built from, used as Swagger UI sends it.
+bearer scheme the "Authorize" button is built from. In headless Chromium
+(``tests.support.browser``): the page renders the operations from ``/openapi.json``, and a key
+given to "Authorize" is what "Try it out" sends.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
+from playwright.sync_api import expect
 from swagger_ui_bundle import swagger_ui_path
 
-from tests.support.http import http
+from tests.support.browser import chromium
+from tests.support.http import credentials, http
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +123,44 @@ def test_only_swagger_ui_files_are_served_under_docs(api_server: str) -> None:
         response = requests.get(f"{api_server}/docs/assets/{name}", timeout=10)
         assert response.status_code == 404, name  # the wheel's demo page points at Petstore
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_swagger_ui_in_a_browser_renders_the_document_and_sends_the_authorized_key(
+    api_server: str,
+) -> None:
+    with chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        requested: list[str] = []
+        page.on("request", lambda sent: requested.append(sent.url))
+        with page.expect_response(lambda answer: answer.url.endswith("/openapi.json")) as spec:
+            page.goto(f"{api_server}/docs")
+        assert spec.value.status == 200
+        expect(
+            page.locator(".opblock-summary-path", has_text="/jobs/predict").first
+        ).to_be_visible()
+
+        page.get_by_role("button", name="Authorize").first.click()
+        page.locator(".auth-container input").first.fill(credentials.keys["alice"])
+        page.locator(".auth-btn-wrapper").get_by_role("button", name="Authorize").click()
+        page.get_by_role("button", name="Close").click()
+        whoami = page.locator(
+            ".opblock", has=page.locator(".opblock-summary-path", has_text="/whoami")
+        )
+        whoami.locator(".opblock-summary").click()
+        whoami.get_by_role("button", name="Try it out").click()
+        with page.expect_response(lambda answer: answer.url.endswith("/whoami")) as answer:
+            whoami.get_by_role("button", name="Execute").click()
+
+        assert answer.value.status == 200
+        assert (
+            answer.value.request.headers["authorization"] == f"Bearer {credentials.keys['alice']}"
+        )
+        assert answer.value.json()["client"] == "alice"
+        expect(
+            whoami.locator(".live-responses-table tr.response .response-col_status").first
+        ).to_have_text("200")
+        origin = urlsplit(api_server).netloc
+        assert all(urlsplit(url).netloc == origin for url in requested if url.startswith("http"))
+        assert errors == []

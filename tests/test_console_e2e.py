@@ -31,10 +31,10 @@ from playwright.sync_api import (
     Page,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
 from imgq.local.supervisor import REPO, Service
+from tests.support.browser import chromium
 from tests.support.datasets import make_dataset_zip, submit_finetune
 from tests.support.http import credentials, http, wait_for_job
 
@@ -68,13 +68,8 @@ def first_version_job(api_server: str, train_worker: Service) -> str:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium from Debian's package, for the whole module."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("chromium is not installed: run scripts/setup.sh (make test does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
