@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import redis
 from flask import Flask
 
 from api import (
@@ -35,6 +34,7 @@ from imgq.api_keys import ReloadingKeyRing
 from imgq.jobs.idempotency import IdempotencyKeys
 from imgq.jobs.store import JobStore
 from imgq.queueing import make_celery
+from imgq.redis_client import redis_client
 from imgq.settings import Settings, load_settings
 from imgq.webhooks.schedule import DeliveryStore
 from ml.dataset_store import DatasetStore
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         API_SPEC_OPTIONS={"security": [{BEARER_SCHEME: []}]},  # open operations say otherwise
         **docs.OPENAPI_DOCS_CONFIG,
     )
-    client = redis.Redis.from_url(
+    client = redis_client(
         settings.redis_url,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["imgq"] = Services(
         settings=settings,
         redis=client,
-        broker=redis.Redis.from_url(
+        broker=redis_client(
             settings.celery_broker_url,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,

@@ -30,6 +30,7 @@ from api.schemas import MAX_WAIT_S, ErrorEnvelopeSchema, JobCreatedSchema, JobSc
 from api.services import services
 from imgq.errors import ServiceUnavailable
 from imgq.jobs.status import JobStatus, JobType
+from imgq.redis_client import wait_for_replicas
 
 ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 422, 503)
 """Error answers every job submission documents."""
@@ -110,6 +111,7 @@ def _send_or_undo(
     raise ``ServiceUnavailable`` (503)."""
     try:
         send()
+        _replicate()
     except Exception as exc:
         services().jobs.delete(job_id)
         release_claim()
@@ -117,6 +119,19 @@ def _send_or_undo(
         undo()
         raise ServiceUnavailable("The job queue is unavailable; retry later.") from exc
     JOBS_SUBMITTED.labels(job_type.value).inc()
+
+
+def _replicate() -> None:
+    """With ``IMGQ_REDIS_MIN_REPLICAS``, hold the answer until replicas have the job: its
+    record (job store) and its message (broker; the same server unless ``IMGQ_BROKER_URL``
+    names another), so a failover right after the ``202`` cannot lose it."""
+    svc = services()
+    settings = svc.settings
+    wait_for_replicas(svc.redis, settings.redis_min_replicas, settings.redis_replica_timeout_ms)
+    if settings.celery_broker_url != settings.redis_url:
+        wait_for_replicas(
+            svc.broker, settings.redis_min_replicas, settings.redis_replica_timeout_ms
+        )
 
 
 def send_and_wait(
@@ -153,8 +168,10 @@ class Submission:
         _send_or_undo(self.job_id, self.job_type, send, undo)
 
     def queued_with_record(self) -> None:
-        """The job's messages went with its record, in one transaction: count it."""
-        JOBS_SUBMITTED.labels(self.job_type.value).inc()
+        """The job's messages went with its record, in one transaction: count it (once
+        replicas have it, with ``IMGQ_REDIS_MIN_REPLICAS``; else undo it and raise
+        ``ServiceUnavailable``)."""
+        _send_or_undo(self.job_id, self.job_type, lambda: None, lambda: None)
 
     def answer(self) -> tuple[dict[str, Any], int, dict[str, str]] | Response:
         """``202`` with ``Location``; or with ``Prefer: wait=N``, the ended job if it ended in

@@ -25,8 +25,9 @@ It also lets a caller put a message's publish into its own Redis transaction
 other way round. The message is kombu's own, prepared and routed by kombu; only the final
 ``LPUSH`` is handed to the caller instead of being sent.
 
-``transport_for`` picks this transport for ``redis://`` and ``rediss://`` broker URLs and
-leaves every other scheme to kombu.
+``transport_for`` picks this transport for ``redis://`` and ``rediss://`` broker URLs, its
+Sentinel twin (the same channel over kombu's Sentinel-managed pool) for kombu's
+``sentinel://`` URLs, and leaves every other scheme to kombu.
 """
 
 from __future__ import annotations
@@ -183,9 +184,22 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """``Channel`` over kombu's Sentinel pool: the master is looked up on every connect."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with ``SentinelChannel`` above."""
+
+    Channel = SentinelChannel
+
+
 def transport_for(broker_url: str) -> str | None:
     """The ``broker_transport`` setting for a broker URL: this module's transport for plain
-    Redis, else None (kombu picks by scheme, e.g. for Sentinel)."""
-    if urlparse(broker_url).scheme in ("redis", "rediss"):
+    Redis or Sentinel, else None (kombu picks by scheme)."""
+    scheme = urlparse(broker_url).scheme
+    if scheme in ("redis", "rediss"):
         return f"{__name__}:Transport"
+    if scheme == "sentinel":
+        return f"{__name__}:SentinelTransport"
     return None

@@ -15,6 +15,7 @@ from kombu import Queue
 from kombu.utils.uuid import uuid
 
 from imgq.broker import RedisCommand, captured_publishes, transport_for
+from imgq.redis_client import kombu_broker
 from imgq.settings import Settings
 
 PREDICT_QUEUE = "predict"
@@ -67,7 +68,7 @@ INGEST_TASK = "imgq.train.ingest"
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Return the Celery settings every imgq process shares."""
-    transport_options = {
+    transport_options: dict[str, Any] = {
         # Redis has no real acks: a message a worker took stays in an "unacked" hash and is
         # handed out again after this many seconds. It must exceed the longest time a message
         # is held unacknowledged, and Celery reads it from both option dicts.
@@ -76,10 +77,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
     }
+    # imgq's one Sentinel URL becomes kombu's form: one sentinel:// per sentinel, the master's
+    # name in the transport options (imgq.redis_client).
+    broker_url, sentinel_options = kombu_broker(settings.celery_broker_url)
+    transport_options.update(sentinel_options)
     return {
-        "broker_url": settings.celery_broker_url,
+        "broker_url": broker_url,
         # kombu's Redis transport with one client per pool and batched acks (imgq.broker).
-        "broker_transport": transport_for(settings.celery_broker_url),
+        "broker_transport": transport_for(broker_url),
         "broker_transport_options": transport_options,
         "result_backend_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
@@ -170,5 +175,5 @@ def can_queue_in_transaction(settings: Settings) -> bool:
     is the job store's Redis (same URL), on ``imgq.broker``'s transport."""
     return (
         settings.celery_broker_url == settings.redis_url
-        and transport_for(settings.celery_broker_url) is not None
+        and transport_for(kombu_broker(settings.celery_broker_url)[0]) is not None
     )

@@ -21,9 +21,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGQ_", frozen=True, extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis used for job records, image payloads and (unless ``broker_url`` is set) the broker."""
+    """Redis used for job records, image payloads and (unless ``broker_url`` is set) the broker:
+    ``redis://host:port/db`` or, through Redis Sentinel,
+    ``sentinel://host:port[,host:port...]/db?master_name=NAME`` (``imgq.redis_client``)."""
     broker_url: str | None = None
-    """Celery broker; defaults to ``redis_url``."""
+    """Celery broker, in the same forms; defaults to ``redis_url``."""
+    redis_min_replicas: NonNegativeInt = 0
+    """Replicas that must confirm a submission's writes (``WAIT``) before the API answers
+    ``202``; 0 answers once the master has them (a failover can lose the last ones)."""
+    redis_replica_timeout_ms: PositiveInt = 500
+    """How long a submission waits for ``redis_min_replicas`` before answering ``503``."""
     visibility_timeout_s: PositiveInt = 60
     """Seconds before Redis hands an unacknowledged message to another worker.
 

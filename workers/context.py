@@ -17,6 +17,7 @@ from celery import Celery
 from imgq.jobs.predict_images import PredictImages
 from imgq.jobs.registries import HeartbeatRegistry, PredictChecks
 from imgq.jobs.store import JobStore
+from imgq.redis_client import redis_client
 from imgq.settings import Settings
 from imgq.webhooks.schedule import DeliveryStore
 from ml.preprocess import ImageLimits
@@ -44,7 +45,7 @@ class WorkerContext:
     def build(cls, settings: Settings, *, serves_models: bool) -> WorkerContext:
         """Clients for ``settings``; a model cache only if ``serves_models`` (Redis connects
         lazily, on first use)."""
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)
         cache = None
         if serves_models:
             from workers.model_cache import ModelCache

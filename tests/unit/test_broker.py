@@ -93,10 +93,11 @@ def _run_ready(hub: Hub) -> None:
         callback()
 
 
-def test_plain_redis_urls_get_this_transport_and_others_are_left_to_kombu() -> None:
+def test_redis_and_sentinel_urls_get_these_transports_and_others_are_left_to_kombu() -> None:
     assert transport_for("redis://127.0.0.1:6379/0") == "imgq.broker:Transport"
     assert transport_for("rediss://cache.example:6380/0") == "imgq.broker:Transport"
-    assert transport_for("sentinel://10.0.0.1:26379") is None
+    assert transport_for("sentinel://10.0.0.1:26379") == "imgq.broker:SentinelTransport"
+    assert transport_for("memory://") is None
 
 
 def test_a_channel_builds_one_client_and_a_new_one_after_its_pool_is_reset(
