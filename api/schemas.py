@@ -213,6 +213,13 @@ class FinetuneFormSchema(Schema):
     seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
     dropout = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=0.9))
     patience = fields.Integer(load_default=3, validate=validate.Range(min=1, max=100))
+    calibrate = fields.Boolean(
+        load_default=True,
+        metadata={
+            "description": "Fit a temperature on the validation split and serve the tempered "
+            "probabilities when it lowers their calibration error."
+        },
+    )
     callback_url = fields.String(
         validate=validate.Length(max=2048),
         metadata={"description": "Called (signed POST of the job) when the job ends."},

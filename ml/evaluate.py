@@ -6,6 +6,9 @@ they are. A ratio whose denominator is zero (precision of a class never predicte
 class absent from the labels, F1 when both are 0) is 0.0, as scikit-learn's
 ``zero_division=0``; such classes still count in the macro average.
 
+The report also says how well the scores rank (one-vs-rest AUC, ``ml.roc``) and how far they
+can be taken at their word (calibration errors, ``ml.confidence``).
+
 Plots are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas directly, not through
 ``pyplot``: no global figure registry and no GUI backend, which suits worker processes.
 """
@@ -22,8 +25,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 
+from ml.confidence import calibration_errors
+from ml.roc import one_vs_rest_aucs, roc_auc, roc_curve
+
 ANNOTATED_CLASSES = 30
 """Largest confusion matrix whose cells get their count written in them (beyond: unreadable)."""
+LABELLED_CURVES = 10
+"""Most ROC curves drawn with a legend entry each; more are drawn thin and unlabelled."""
 
 
 def _ratio(numerator: NDArray[np.float64], denominator: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -97,9 +105,12 @@ def evaluate_predictions(
 
     Returns:
         ``accuracy``, ``top_k_accuracy``, ``top_k``, ``per_class`` (name -> precision, recall,
-        f1, support), ``macro_avg`` and ``weighted_avg`` (precision, recall, f1),
-        ``confusion_matrix`` (rows true class, columns predicted, ``class_names`` order),
-        ``classes`` and ``count``. With no samples every rate is 0.0.
+        f1, support, and ``auc``: one-vs-rest, None when undefined), ``macro_avg`` and
+        ``weighted_avg`` (precision, recall, f1), ``macro_auc`` (mean of the defined AUCs;
+        None if there is none) and ``auc_undefined`` (the classes left out of it),
+        ``ece``, ``mce`` and ``reliability`` (``calibration_errors``), ``confusion_matrix``
+        (rows true class, columns predicted, ``class_names`` order), ``classes`` and
+        ``count``. With no samples every rate and calibration error is 0.0.
 
     Raises:
         ValueError: shapes that do not match, labels out of range, duplicate class names, or
@@ -114,11 +125,17 @@ def evaluate_predictions(
     matrix = matrix.reshape(classes, classes).astype(np.int64)
     best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     top_k_hits = int((best == labels[:, None]).any(axis=1).sum())
+    scores = _class_scores(matrix, class_names)
+    aucs, auc_summary = one_vs_rest_aucs(probabilities, labels, class_names)
+    for name, auc in zip(class_names, aucs, strict=True):
+        scores["per_class"][name]["auc"] = auc
     return {
         "accuracy": float(np.trace(matrix) / count) if count else 0.0,
         "top_k_accuracy": top_k_hits / count if count else 0.0,
         "top_k": k,
-        **_class_scores(matrix, class_names),
+        **scores,
+        **auc_summary,
+        **calibration_errors(probabilities, labels),
         "confusion_matrix": matrix.tolist(),
         "classes": list(class_names),
         "count": count,
@@ -208,4 +225,92 @@ def plot_confusion_matrix(
         for (row, column), value in np.ndenumerate(counts):
             colour = "white" if value > threshold else "black"
             ax.text(column, row, str(value), ha="center", va="center", color=colour)
+    _save(figure, path)
+
+
+def plot_roc_curves(
+    probabilities: NDArray[Any], labels: NDArray[Any], class_names: Sequence[str], path: Path
+) -> None:
+    """Draw each class's one-vs-rest ROC curve to a PNG, so a user sees how each class ranks.
+
+    Accuracy hides how far apart right and wrong answers score; the curves show what a stricter
+    or looser score threshold would trade for each class. Classes without a curve (see
+    ``roc_curve``) are named in the title; beyond ``LABELLED_CURVES`` classes the curves are
+    drawn thin and without legend entries.
+
+    Args:
+        probabilities: scores of shape ``(samples, classes)``, columns in ``class_names`` order.
+        labels: true class indices, shape ``(samples,)``.
+        class_names: class names, in label order.
+        path: the PNG file to write.
+
+    Raises:
+        ValueError: shapes that do not match, labels out of range or duplicate class names.
+    """
+    probabilities = np.asarray(probabilities)
+    labels = np.asarray(labels).astype(np.int64)
+    _check_inputs(probabilities, labels, class_names, 1)
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    ax = figure.subplots()
+    labelled = len(class_names) <= LABELLED_CURVES
+    missing = []
+    for index, name in enumerate(class_names):
+        curve = roc_curve(probabilities[:, index], labels == index)
+        if curve is None:
+            missing.append(name)
+            continue
+        label = f"{name} (AUC {roc_auc(*curve):.3f})" if labelled else None
+        ax.plot(*curve, linewidth=1.5 if labelled else 0.6, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title("one-vs-rest ROC" + (f"; no curve for {', '.join(missing)}" if missing else ""))
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def plot_reliability_diagram(reliability: Sequence[dict[str, Any]], ece: float, path: Path) -> None:
+    """Draw accuracy against confidence per bin to a PNG, so a user sees over- or
+    under-confidence (bars under the diagonal: the model is surer than it is right).
+
+    Args:
+        reliability: the bins of ``calibration_bins`` (``lower``, ``upper``, ``count``,
+            ``confidence``, ``accuracy``).
+        ece: the expected calibration error, written in the title.
+        path: the PNG file to write.
+
+    Raises:
+        ValueError: no bins.
+    """
+    if not reliability:
+        raise ValueError(f"reliability must hold at least one bin. Received {reliability}.")
+    lower = np.array([entry["lower"] for entry in reliability], dtype=np.float64)
+    width = np.array([entry["upper"] for entry in reliability], dtype=np.float64) - lower
+    filled = [entry for entry in reliability if entry["count"]]
+    figure = Figure(figsize=(6, 7), layout="constrained")
+    ax, counts_ax = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    ax.bar(
+        [entry["lower"] for entry in filled],
+        [entry["accuracy"] for entry in filled],
+        width=[entry["upper"] - entry["lower"] for entry in filled],
+        align="edge",
+        edgecolor="black",
+        label="accuracy",
+    )
+    ax.plot(
+        [entry["confidence"] for entry in filled],
+        [entry["confidence"] for entry in filled],
+        "o",
+        color="tab:red",
+        label="mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    counts = [entry["count"] for entry in reliability]
+    counts_ax.bar(lower, counts, width=width, align="edge", color="grey", edgecolor="black")
+    counts_ax.set(xlabel="top-1 confidence", ylabel="images")
+    counts_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _save(figure, path)

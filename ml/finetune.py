@@ -3,9 +3,10 @@
 Called by the training worker; kept free of Celery and Redis so it can be tested and reused
 directly. The steps: store the uploaded archive, if there is one, as the dataset's next version
 (``ml.dataset_ingest``), decode that version's images from the store (skipping and reporting
-purged ones), train (logging both phases for TensorBoard), evaluate on the version's test split,
-write the model, report, plots and zipped TensorBoard logs into a staging directory, publish it
-as the next version, and activate it by the gate below.
+purged ones), train (logging both phases for TensorBoard), temperature-scale the model on the
+validation split when that helps (``ml.temperature``), evaluate it on the version's test split
+as it will serve, write the model, report, plots and zipped TensorBoard logs into a staging
+directory, publish it as the next version, and activate it by the gate below.
 
 The gate evaluates the active version on the same test split. With the same classes, the new
 version is activated when it is at least as accurate. When the new version's classes strictly
@@ -35,7 +36,13 @@ from ml.dataset_store import DatasetStore, DatasetVersion
 from ml.datasets import SPLITS, DatasetLayout, check_decoded_classes, decode_items
 from ml.drift import reference_from_predictions
 from ml.errors import ImgqError, InvalidBase
-from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
+from ml.evaluate import (
+    evaluate_predictions,
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
 from ml.export import CALIBRATION_FILE, TEST_SPLIT_FILE
 from ml.preprocess import ImageLimits
 from ml.registry import (
@@ -48,6 +55,7 @@ from ml.registry import (
     split_model_id,
     staging_dir,
 )
+from ml.temperature import calibrate_model, with_test_effect
 from ml.tensorboard_logs import zip_logs
 from ml.train import TrainConfig, TrainingHooks, TrainingOutcome, train_classifier
 
@@ -289,9 +297,13 @@ def run_finetune(
     splits = load_version_splits(datasets, dataset, request, image_size)
     classes = list(splits.layout.classes)
     outcome, tensorboard_zip = _train_logged(backbone, splits, request, hooks, scratch)
+    calibration = calibrate_model(
+        outcome.model, splits.arrays["validation"], enabled=request.config.calibrate
+    )
     images, labels = splits.arrays["test"]
-    probabilities = outcome.model.predict(images, verbose=0)
+    probabilities = outcome.model.predict(images, verbose=0)  # as served: calibrated
     report = evaluate_predictions(probabilities, labels, classes)
+    report["calibration"] = with_test_effect(calibration, probabilities, labels)
     activate, reason = _compare_with_active(
         registry, request, classes, (images, labels), probabilities
     )
@@ -311,6 +323,8 @@ def run_finetune(
     (staged / REFERENCE_FILE).write_text(json.dumps(reference))
     plot_training_curves(outcome.history, staged / "training_curves.png", outcome.phase_boundary)
     plot_confusion_matrix(report["confusion_matrix"], classes, staged / "confusion_matrix.png")
+    plot_roc_curves(probabilities, labels, classes, staged / "roc.png")
+    plot_reliability_diagram(report["reliability"], report["ece"], staged / "reliability.png")
     (staged / TENSORBOARD_FILE).write_bytes(tensorboard_zip)
     dataset_record = {
         "name": split_model_id(dataset.dataset)[1],
@@ -328,9 +342,8 @@ def run_finetune(
         "history": outcome.history,
         "phase_seconds": outcome.phase_seconds,
     }
-    metrics = {
-        k: report[k] for k in ("accuracy", "top_k_accuracy", "top_k", "macro_avg", "weighted_avg")
-    }
+    summary = ("accuracy", "top_k_accuracy", "top_k", "macro_avg", "weighted_avg", "macro_auc")
+    metrics = {k: report[k] for k in (*summary, "ece", "mce", "calibration")}
     version = publish_version(
         registry,
         request.model,

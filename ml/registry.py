@@ -68,7 +68,14 @@ def split_model_id(model: str) -> tuple[str | None, str]:
 
 TENSORBOARD_FILE = "tensorboard.zip"
 """A trained version's TensorBoard event files, both training phases (``ml.tensorboard_logs``)."""
-ARTIFACTS = ("evaluation.json", "training_curves.png", "confusion_matrix.png", TENSORBOARD_FILE)
+ARTIFACTS = (
+    "evaluation.json",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "roc.png",
+    "reliability.png",
+    TENSORBOARD_FILE,
+)
 """Files of a trained version that clients may download."""
 
 REFERENCE_FILE = "reference.json"

@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     dropout: float = 0.2
     patience: int = 3
+    calibrate: bool = True
+    """Temperature-scale the trained model on the validation split when that lowers its
+    calibration error (``ml.temperature``)."""
 
 
 class TrainingHooks(Protocol):

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.evaluate import evaluate_predictions, plot_confusion_matrix, plot_training_curves
+from ml.evaluate import (
+    evaluate_predictions,
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
 
 CLASSES = ("cat", "dog", "fish")
 LABELS = np.array([0, 0, 0, 1, 1, 2])
@@ -34,18 +40,21 @@ def test_metrics_match_the_hand_computed_example() -> None:
     assert result["accuracy"] == pytest.approx(3 / 6)
     assert result["top_k"] == 2
     assert result["top_k_accuracy"] == pytest.approx(5 / 6)
+    # AUC by hand, one positive-negative pair at a time: cat's scores 0.7, 0.5, 0.2 against the
+    # others' 0.3, 0.6, 0.5 win 3 + (1 + 1/2) + 0 of 9 pairs (0.5 vs 0.5 is a tie, half).
     assert result["per_class"]["cat"] == pytest.approx(
-        {"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3}
+        {"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3, "auc": 4.5 / 9}
     )
+    # dog: 0.6, 0.3 against 0.2, 0.4, 0.3, 0.2 win 4 + (2 + 1/2) of 8 pairs.
     assert result["per_class"]["dog"] == pytest.approx(
-        {"precision": 1.0, "recall": 1 / 2, "f1": 2 / 3, "support": 2}
+        {"precision": 1.0, "recall": 1 / 2, "f1": 2 / 3, "support": 2, "auc": 6.5 / 8}
     )
-    assert result["per_class"]["fish"] == {
-        "precision": 0.0,
-        "recall": 0.0,
-        "f1": 0.0,
-        "support": 1,
-    }
+    # fish: 0.3 against 0.1, 0.1, 0.5, 0.1, 0.1 wins 4 of 5 pairs.
+    assert result["per_class"]["fish"] == pytest.approx(
+        {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1, "auc": 4 / 5}
+    )
+    assert result["macro_auc"] == pytest.approx((4.5 / 9 + 6.5 / 8 + 4 / 5) / 3)
+    assert result["auc_undefined"] == []
     assert result["macro_avg"] == pytest.approx(
         {"precision": 1.5 / 3, "recall": 7 / 18, "f1": 26 / 63}
     )
@@ -69,7 +78,13 @@ def test_top_1_accuracy_equals_accuracy_even_on_ties() -> None:
 def test_a_class_never_seen_nor_predicted_scores_zero_and_counts_in_the_macro_average() -> None:
     probabilities = np.hstack([PROBABILITIES, np.zeros((6, 1))])
     result = evaluate_predictions(probabilities, LABELS, [*CLASSES, "bird"], top_k=2)
-    assert result["per_class"]["bird"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert result["per_class"]["bird"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+        "auc": None,
+    }
     assert result["macro_avg"]["precision"] == pytest.approx(1.5 / 4)
     assert result["weighted_avg"]["precision"] == pytest.approx(7 / 12)
 
@@ -84,6 +99,27 @@ def test_no_samples_gives_zero_rates_rather_than_nan() -> None:
     assert result["accuracy"] == result["top_k_accuracy"] == 0.0
     assert result["macro_avg"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     assert result["confusion_matrix"] == [[0, 0, 0]] * 3
+    assert result["ece"] == result["mce"] == 0.0
+    assert result["macro_auc"] is None and result["auc_undefined"] == list(CLASSES)
+
+
+def test_a_class_absent_from_the_labels_has_no_auc_and_is_left_out_of_the_macro_auc() -> None:
+    probabilities = np.hstack([PROBABILITIES, np.full((6, 1), 0.05)])
+    result = evaluate_predictions(probabilities, LABELS, [*CLASSES, "bird"], top_k=2)
+    assert result["per_class"]["bird"]["auc"] is None
+    assert result["auc_undefined"] == ["bird"]
+    assert result["macro_auc"] == pytest.approx((4.5 / 9 + 6.5 / 8 + 4 / 5) / 3)
+
+
+def test_the_report_holds_the_calibration_errors_and_their_bins() -> None:
+    result = evaluate_predictions(PROBABILITIES, LABELS, CLASSES)
+    # Top-1 confidences 0.7, 0.5, 0.5, 0.6, 0.6, 0.5 (right, right, wrong, right, wrong,
+    # wrong): bins (7/15, 8/15] with 1/3 right at 0.5, (8/15, 9/15] with 1/2 at 0.6 and
+    # (10/15, 11/15] with 1 at 0.7.
+    expected = (3 * abs(1 / 3 - 0.5) + 2 * abs(0.5 - 0.6) + abs(1 - 0.7)) / 6
+    assert result["ece"] == pytest.approx(expected)
+    assert result["mce"] == pytest.approx(0.3)
+    assert [entry["count"] for entry in result["reliability"]] == [0] * 7 + [3, 2, 0, 1] + [0] * 4
 
 
 @pytest.mark.parametrize(
@@ -142,6 +178,22 @@ def test_a_phase_boundary_past_the_last_epoch_is_a_value_error(tmp_path: Path) -
 def test_the_confusion_matrix_is_written_as_a_png(tmp_path: Path) -> None:
     path = tmp_path / "confusion.png"
     plot_confusion_matrix([[2, 0, 1], [1, 1, 0], [1, 0, 0]], CLASSES, path)
+    _assert_png(path)
+
+
+def test_roc_curves_are_written_as_a_png_even_with_a_class_without_a_curve(
+    tmp_path: Path,
+) -> None:
+    probabilities = np.hstack([PROBABILITIES, np.full((6, 1), 0.05)])
+    path = tmp_path / "roc.png"
+    plot_roc_curves(probabilities, LABELS, [*CLASSES, "bird"], path)
+    _assert_png(path)
+
+
+def test_the_reliability_diagram_is_written_as_a_png(tmp_path: Path) -> None:
+    result = evaluate_predictions(PROBABILITIES, LABELS, CLASSES)
+    path = tmp_path / "reliability.png"
+    plot_reliability_diagram(result["reliability"], result["ece"], path)
     _assert_png(path)
 
 

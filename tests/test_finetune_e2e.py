@@ -53,17 +53,28 @@ def test_finetune_publishes_activates_and_swaps_running_workers(
     assert report["accuracy"] >= 0.75, report
     assert set(report["per_class"]) == {"cat", "coffee", "rocket"}
     assert len(report["confusion_matrix"]) == 3
+    assert all(0.0 <= report["per_class"][name]["auc"] <= 1.0 for name in report["per_class"])
+    assert report["auc_undefined"] == [] and 0.0 <= report["macro_auc"] <= 1.0
+    assert 0.0 <= report["ece"] <= report["mce"] <= 1.0
+    calibration = report["calibration"]
+    print(f"fine-tune e2e: calibration {calibration}")
+    assert calibration["temperature"] > 0 and calibration["reason"]
+    assert {"roc.png", "reliability.png"} <= set(result["artifacts"])
     assert job["progress"]["total_epochs"] == 5
     for name in result["artifacts"]:
         artifact = http.get(f"{api_server}/jobs/{job['id']}/artifacts/{name}", timeout=10)
         assert artifact.status_code == 200 and artifact.content
         of_version = http.get(f"{api_server}/models/pets/versions/1/artifacts/{name}", timeout=10)
         assert of_version.content == artifact.content  # the same file, addressed by its version
+        if name.endswith(".png"):
+            assert artifact.content.startswith(b"\x89PNG\r\n\x1a\n"), name
     missing = http.get(f"{api_server}/models/pets/versions/1/artifacts/model.keras", timeout=10)
     assert missing.status_code == 404  # only the listed artifacts, never the model itself
     model = http.get(f"{api_server}/models/pets", timeout=5).json()
     assert model["active_version"] == 1
     assert model["versions"][0]["training"]["dataset_fingerprint"]
+    assert model["versions"][0]["metrics"]["ece"] == report["ece"]
+    assert model["versions"][0]["metrics"]["calibration"] == calibration
 
     predicted = _predict(api_server, cat_image(), model="pets")
     assert predicted["status"] == "succeeded", predicted
