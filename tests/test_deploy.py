@@ -40,6 +40,7 @@ from imgq.local.commands import (
     train_worker_argv,
     webhooks_worker_argv,
 )
+from imgq.redis_client import SENTINEL_PORT, SentinelTarget, parse_sentinel_url
 from imgq.settings import Settings
 from tests.support.kustomize import (
     KustomizeError,
@@ -71,7 +72,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 DOCKER = REPO / "docker"
 KEDA_SCHEMAS = Path(__file__).resolve().parent / "data" / "keda"
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "sentinel"]
 
 KUBERNETES_VERSION = "1.33.0"
 """Kubernetes version whose schemas the manifests must satisfy (shipped by kubernetes-validate)."""
@@ -493,20 +494,30 @@ def test_keda_triggers_watch_the_celery_queues(overlay: str) -> None:
         "addressFromEnv",
         "hostFromEnv",
         "portFromEnv",
+        "addresses",
+        "sentinelMaster",
     }
+    sentinel = parse_sentinel_url(redis_secret["IMGQ_REDIS_URL"])
     scaled = [m for m in manifests if m["kind"] == "ScaledObject"]
     for scaled_object in scaled:
         target = one(manifests, "Deployment", scaled_object["spec"]["scaleTargetRef"]["name"])
         (trigger,) = scaled_object["spec"]["triggers"]
         metadata = trigger["metadata"]
-        assert trigger["type"] == "redis"
         assert set(metadata) <= known, set(metadata) - known
         assert metadata["listName"] == role(target).removesuffix("-worker")
-        assert metadata["address"] == (
-            f"{redis_service['metadata']['name']}.{namespace}.svc.cluster.local:{url.port}"
-        )
-        assert url.port in [p["port"] for p in redis_service["spec"]["ports"]]
-        assert metadata["databaseIndex"] == url.path.strip("/")
+        if sentinel is not None:  # the sentinels and master imgq asks (test_sentinel_... below)
+            assert trigger["type"] == "redis-sentinel"
+            addresses = [f"{host}:{port}" for host, port in sentinel.sentinels]
+            assert metadata["addresses"].split(",") == addresses
+            assert metadata["sentinelMaster"] == sentinel.master_name
+            assert metadata["databaseIndex"] == str(sentinel.db)
+        else:
+            assert trigger["type"] == "redis"
+            assert metadata["address"] == (
+                f"{redis_service['metadata']['name']}.{namespace}.svc.cluster.local:{url.port}"
+            )
+            assert url.port in [p["port"] for p in redis_service["spec"]["ports"]]
+            assert metadata["databaseIndex"] == url.path.strip("/")
         assert metadata["passwordFromEnv"] in env_names(main_containers(target)[0])
         assert metadata["usernameFromEnv"] in env_names(main_containers(target)[0])
     predict = one(manifests, "ScaledObject", "imgq-predict-worker")["spec"]
@@ -523,11 +534,19 @@ def test_redis_url_secret_and_server_agree(overlay: str) -> None:
     manifests = rendered(overlay)
     redis_secret = secret(manifests)
     url = urlparse(redis_secret["IMGQ_REDIS_URL"])
-    assert (url.username, url.password) == ("imgq", redis_secret["REDIS_IMGQ_PASSWORD"])
-    assert url.hostname == one(manifests, "Service", "imgq-redis")["metadata"]["name"]
+    sentinel = parse_sentinel_url(redis_secret["IMGQ_REDIS_URL"])
     redis = one(manifests, "StatefulSet", "imgq-redis")
     (server,) = main_containers(redis)
     args = server["args"]
+    if sentinel is None:
+        assert (url.username, url.password) == ("imgq", redis_secret["REDIS_IMGQ_PASSWORD"])
+        assert url.hostname == one(manifests, "Service", "imgq-redis")["metadata"]["name"]
+        port = url.port
+    else:  # no user name in the Sentinel form: imgq logs in as `default` (redis-users.acl)
+        assert sentinel.password == redis_secret["REDIS_IMGQ_PASSWORD"]
+        assert "@REDIS_IMGQ_PASSWORD@" in acl_users(acl_template(manifests))["default"]
+        assert args[0] == env_var(init_containers(redis)[0], "REDIS_CONF")["value"]
+        port = REDIS_PORT
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert "--requirepass" not in args, "users and passwords come from the ACL file"
@@ -540,20 +559,31 @@ def test_redis_url_secret_and_server_agree(overlay: str) -> None:
     assert any(m["name"] == acl_mount["name"] for m in init["volumeMounts"])
     assert {"name": "data", "mountPath": args[args.index("--dir") + 1]} in server["volumeMounts"]
     assert [t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]] == ["data"]
-    assert server["ports"][0]["containerPort"] == url.port
+    assert server["ports"][0]["containerPort"] == port
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_map_holds_valid_settings(overlay: str) -> None:
-    settings_from(config(rendered(overlay)))
+    manifests = rendered(overlay)
+    settings_from(config(manifests))
+    settings_from({**config(manifests), "IMGQ_REDIS_URL": secret(manifests)["IMGQ_REDIS_URL"]})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_only_the_api_and_workers_reach_redis(overlay: str) -> None:
     manifests = rendered(overlay)
     policy = one(manifests, "NetworkPolicy", "imgq-redis")
-    (rule,) = policy["spec"]["ingress"]
+    rule, *replication = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    for other in replication:  # Sentinel: the other servers and the sentinels, nobody else
+        assert other["ports"] == rule["ports"]
+        (peer,) = other["from"]
+        peers = {
+            w["metadata"]["name"]
+            for w in workloads(manifests)
+            if selects(peer["podSelector"], template_labels(w))
+        }
+        assert peers == {"imgq-redis", "imgq-redis-sentinel"}
     in_namespace = [peer["podSelector"] for peer in rule["from"] if "namespaceSelector" not in peer]
     for workload in workloads(manifests):
         clients = "IMGQ_REDIS_URL" in env_names(main_containers(workload)[0])
@@ -1402,8 +1432,224 @@ def test_webhooks_pods_reach_only_dns_redis_and_public_addresses(overlay: str) -
         elif ports == {("TCP", 6379)}:
             assert all(selects(peer["podSelector"], template_labels(redis)) for peer in peers)
             assert not any("namespaceSelector" in peer for peer in peers)
+        elif ports == {("TCP", SENTINEL_PORT)} and overlay == "sentinel":
+            sentinels = one(manifests, "StatefulSet", "imgq-redis-sentinel")
+            assert all(selects(peer["podSelector"], template_labels(sentinels)) for peer in peers)
+            assert not any("namespaceSelector" in peer for peer in peers)
         else:
             assert ports == {("UDP", 53), ("TCP", 53)}, rule
     assert set(blocks) == set(REQUIRED_EGRESS_EXCEPTIONS)
     for cidr, required in REQUIRED_EGRESS_EXCEPTIONS.items():
         assert required <= blocks[cidr], (cidr, required - blocks[cidr])
+
+
+# --- Redis under Sentinel (overlays/sentinel) ----------------------------------------------------
+
+REDIS_PORT = 6379
+"""The Redis servers' port in every overlay."""
+
+
+def pod_dns_names(manifests: list[Manifest], statefulset: str) -> list[str]:
+    """Fully qualified DNS names of a StatefulSet's pods (what pods in other namespaces use)."""
+    workload = one(manifests, "StatefulSet", statefulset)
+    service = one(manifests, "Service", workload["spec"]["serviceName"])
+    # Headless, and names before readiness: a replica resolves a master still loading its AOF.
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    domain = f"{service['metadata']['name']}.{workload['metadata']['namespace']}.svc.cluster.local"
+    return [f"{statefulset}-{i}.{domain}" for i in range(workload["spec"]["replicas"])]
+
+
+def sentinel_target(manifests: list[Manifest]) -> SentinelTarget:
+    """The sentinels and master of the deployed IMGQ_REDIS_URL (parsed as imgq parses it)."""
+    target = parse_sentinel_url(secret(manifests)["IMGQ_REDIS_URL"])
+    assert target is not None, "the Sentinel overlay's IMGQ_REDIS_URL is a sentinel:// URL"
+    return target
+
+
+def test_sentinel_overlay_names_the_sentinel_pods_everywhere() -> None:
+    manifests = rendered("sentinel")
+    service = one(manifests, "Service", "imgq-redis-sentinel")
+    assert [p["port"] for p in service["spec"]["ports"]] == [SENTINEL_PORT]
+    sentinels = [
+        f"{host}:{SENTINEL_PORT}" for host in pod_dns_names(manifests, service["metadata"]["name"])
+    ]
+    servers = pod_dns_names(manifests, "imgq-redis")
+    assert len(sentinels) == 3 and len(servers) == 3, "quorum 2 of 3; a master and two replicas"
+    target = sentinel_target(manifests)
+    assert [f"{host}:{port}" for host, port in target.sentinels] == sentinels
+    scaled = [m for m in manifests if m["kind"] == "ScaledObject"]
+    assert scaled
+    for scaled_object in scaled:
+        for trigger in scaled_object["spec"]["triggers"]:
+            assert trigger["type"] == "redis-sentinel", scaled_object["metadata"]["name"]
+            assert trigger["metadata"]["addresses"].split(",") == sentinels
+            assert trigger["metadata"]["sentinelMaster"] == target.master_name
+    # Both init scripts ask the same sentinels about the same master, and start from pod 0.
+    server_init = init_containers(one(manifests, "StatefulSet", "imgq-redis"))[0]
+    sentinel_init = init_containers(one(manifests, "StatefulSet", "imgq-redis-sentinel"))[0]
+    for init in (server_init, sentinel_init):
+        assert env_var(init, "SENTINELS")["value"].split() == sentinels
+        assert env_var(init, "MASTER_NAME")["value"] == target.master_name
+        assert env_var(init, "FIRST_MASTER")["value"] == servers[0]
+    assert env_var(server_init, "REDIS_DOMAIN")["value"] == servers[0].partition(".")[2]
+    assert (
+        env_var(sentinel_init, "SENTINEL_DOMAIN")["value"]
+        == (sentinels[0].partition(".")[2].rpartition(":")[0])
+    )
+    settings = settings_from(
+        {**config(manifests), "IMGQ_REDIS_URL": secret(manifests)["IMGQ_REDIS_URL"]}
+    )
+    assert 1 <= settings.redis_min_replicas < len(servers), "a 202 waits for a replica that exists"
+
+
+def run_init_script(
+    init: Manifest, manifests: list[Manifest], directory: Path, hostname: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run an init container's script here as pod ``hostname``, its files under ``directory``."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "hostname").write_text(f"#!/bin/sh\necho {hostname}\n")
+    (bin_dir / "hostname").chmod(0o755)
+    redis_secret = secret(manifests)
+    variables = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for variable in init["env"]:
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["key"] in redis_secret:
+            variables[variable["name"]] = redis_secret[ref["key"]]
+        elif "value" in variable:
+            variables[variable["name"]] = variable["value"]
+    return subprocess.run(
+        ["sh", "-c", init["args"][0]],
+        env={**variables, **env},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_sentinel_init_scripts_make_pod_0_master_and_replicate_with_the_acl_users(
+    tmp_path: Path,
+) -> None:
+    from imgq.local.supervisor import free_port, wait_until
+
+    manifests = rendered("sentinel")
+    redis_secret = secret(manifests)
+    redis_set = one(manifests, "StatefulSet", "imgq-redis")
+    (init,) = init_containers(redis_set)
+    servers = pod_dns_names(manifests, "imgq-redis")
+    nobody = f"127.0.0.1:{free_port()}"  # no sentinel answers: the first start
+    files: dict[str, Path] = {}
+    for pod in ("imgq-redis-0", "imgq-redis-1"):
+        directory = tmp_path / pod
+        template = directory / "users.acl.template"
+        directory.mkdir()
+        template.write_text(acl_template(manifests))
+        run_init_script(
+            init,
+            manifests,
+            directory,
+            pod,
+            SENTINELS=nobody,
+            ACL_TEMPLATE=str(template),
+            ACL_FILE=str(directory / "users.acl"),
+            REDIS_CONF=str(directory / "redis.conf"),
+        )
+        files[pod] = directory
+    master_conf = (files["imgq-redis-0"] / "redis.conf").read_text()
+    replica_conf = (files["imgq-redis-1"] / "redis.conf").read_text()
+    assert "replicaof" not in master_conf
+    assert f"replicaof {servers[0]} {REDIS_PORT}\n" in replica_conf
+    assert f"replica-announce-ip {servers[1]}\n" in replica_conf
+    assert "masteruser replica\n" in replica_conf
+    for secret_value in redis_secret.values():
+        assert secret_value not in (files["imgq-redis-0"] / "users.acl").read_text()
+
+    # The real servers, on this machine: the rendered files, addresses made local.
+    import redis
+
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = {}
+        for pod, replica_of in (("imgq-redis-0", None), ("imgq-redis-1", "imgq-redis-0")):
+            ports[pod] = free_port()
+            argv = [tool("redis-server"), str(files[pod] / "redis.conf")]
+            argv += ["--aclfile", str(files[pod] / "users.acl"), "--port", str(ports[pod])]
+            argv += [
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(files[pod]),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            argv += ["--replica-announce-ip", "127.0.0.1"]
+            if replica_of is not None:
+                argv += ["--replicaof", "127.0.0.1", str(ports[replica_of])]
+            started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+            port = ports[pod]
+            wait_until(lambda: b"NOAUTH" in _raw_ping(port), 10, "redis-server")  # noqa: B023
+        # imgq logs in as the Sentinel URL lets it: a password, no user name.
+        imgq = redis.Redis(port=ports["imgq-redis-0"], password=sentinel_target(manifests).password)
+        imgq.lpush("predict", "m1")
+        assert imgq.wait(1, 5000) == 1, "the replica logged in as `replica` and caught up"
+        replica = redis_as(ports["imgq-redis-1"], "keda", redis_secret["REDIS_KEDA_PASSWORD"])
+        assert replica.eval(KEDA_SCRIPT, 1, "predict") == 1
+        watcher = redis_as(
+            ports["imgq-redis-0"], "sentinel", redis_secret["REDIS_SENTINEL_PASSWORD"]
+        )
+        assert watcher.ping() and "role" in watcher.info("replication")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            watcher.get("predict")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            redis_as(ports["imgq-redis-0"], "replica", redis_secret["REDIS_REPLICA_PASSWORD"]).get(
+                "x"
+            )
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=10)
+
+    # A sentinel's first start: it monitors pod 0 by name, and logs in as `sentinel`.
+    sentinel_set = one(manifests, "StatefulSet", "imgq-redis-sentinel")
+    (sentinel_init,) = init_containers(sentinel_set)
+    conf = tmp_path / "sentinel.conf"
+    run_init_script(
+        sentinel_init,
+        manifests,
+        tmp_path / "s",
+        "imgq-redis-sentinel-1",
+        SENTINELS=nobody,
+        SENTINEL_CONF=str(conf),
+    )
+    lines = conf.read_text().splitlines()
+    master_name = sentinel_target(manifests).master_name
+    assert lines.index("sentinel resolve-hostnames yes") < lines.index(
+        f"sentinel monitor {master_name} {servers[0]} {REDIS_PORT} 2"
+    )
+    assert "sentinel announce-hostnames yes" in lines
+    assert f"sentinel auth-user {master_name} sentinel" in lines
+    assert f"sentinel auth-pass {master_name} {redis_secret['REDIS_SENTINEL_PASSWORD']}" in lines
+    assert any(
+        line.startswith(f"sentinel down-after-milliseconds {master_name} ") for line in lines
+    )
+    assert any(line.startswith(f"sentinel failover-timeout {master_name} ") for line in lines)
+    (server,) = main_containers(sentinel_set)
+    assert server["args"] == [env_var(sentinel_init, "SENTINEL_CONF")["value"], "--sentinel"]
+
+
+def test_the_sentinel_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    manifests = rendered("sentinel")
+    scripts = []
+    for name in ("imgq-redis", "imgq-redis-sentinel"):
+        (init,) = init_containers(one(manifests, "StatefulSet", name))
+        script = tmp_path / f"{name}.sh"
+        script.write_text("#!/bin/sh\n" + init["args"][0])
+        scripts.append(str(script))
+    result = subprocess.run(
+        [tool("shellcheck"), *scripts], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
