@@ -76,6 +76,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Sweep for expired unacked messages every interval (throttle 1: every call scans).
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
+        # One worker at a time sweeps, under a Redis mutex. kombu holds it for 5 minutes if
+        # its holder dies mid-sweep (a SIGKILLed worker), which would stall every restore that
+        # long; a sweep takes milliseconds, and two at once are harmless (each restore is a
+        # WATCHed transaction), so it expires after a couple of intervals instead.
+        "unacked_mutex_expire": max(10, 2 * settings.unacked_restore_interval_s),
     }
     # imgq's one Sentinel URL becomes kombu's form: one sentinel:// per sentinel, the master's
     # name in the transport options (imgq.redis_client).
