@@ -29,6 +29,7 @@ from api.quotas import release
 from api.schemas import MAX_WAIT_S, ErrorEnvelopeSchema, JobCreatedSchema, JobSchema
 from api.services import services
 from imgq.errors import ServiceUnavailable
+from imgq.jobs.documents import job_document
 from imgq.jobs.status import JobStatus, JobType
 from imgq.redis_client import wait_for_replicas
 
@@ -142,14 +143,10 @@ def send_and_wait(
     For the synchronous views over a job (the inference protocols): the ended job's document,
     or None if it is still open after ``wait_s``.
     """
-    svc = services()
-    with svc.waiters.watching(job_id, wait_s) as event:  # before sending: no lost wake-up
-        _send_or_undo(job_id, job_type, send, lambda: None)
-        if event is not None and event.wait(wait_s):
-            document = svc.jobs.get(job_id)
-            if document is not None and document["status"].is_terminal:
-                return document
-    return None
+    with submitted(job_id, job_type, wait_s) as submission:
+        submission.send(send)
+        ended = submission.ended()
+    return job_document(ended[0]) if ended is not None else None
 
 
 class Submission:
@@ -177,24 +174,34 @@ class Submission:
         """``202`` with ``Location``; or with ``Prefer: wait=N``, the ended job if it ended in
         time (``200``, ``Preference-Applied``)."""
         location = url_for("jobs.get_job", job_id=self.job_id)
-        if self._event is not None and self._event.wait(self._wait_s):
-            fields, delivery = services().jobs.fields_and_delivery(self.job_id)
-            if fields and JobStatus(fields["status"]).is_terminal:
-                response = job_response(fields, delivery)
-                response.headers["Location"] = location
-                response.headers["Preference-Applied"] = f"wait={self._wait_s:g}"
-                return response
+        ended = self.ended()
+        if ended is not None:
+            response = job_response(*ended)
+            response.headers["Location"] = location
+            response.headers["Preference-Applied"] = f"wait={self._wait_s:g}"
+            return response
         return {"id": self.job_id, "status": JobStatus.QUEUED}, 202, {"Location": location}
+
+    def ended(self) -> tuple[dict[str, str], str | None] | None:
+        """The job's record and webhook delivery once it has ended, waiting up to the
+        submission's wait; None when it is still open then (or nothing was to be waited for)."""
+        if self._event is None or not self._event.wait(self._wait_s):
+            return None
+        fields, delivery = services().jobs.fields_and_delivery(self.job_id)
+        if fields and JobStatus(fields["status"]).is_terminal:
+            return fields, delivery
+        return None
 
 
 @contextmanager
-def submitted(job_id: str, job_type: JobType) -> Iterator[Submission]:
-    """Listen for ``job_id``'s end (with ``Prefer: wait``) for as long as the block runs.
+def submitted(job_id: str, job_type: JobType, wait_s: float | None = None) -> Iterator[Submission]:
+    """Listen for ``job_id``'s end for as long as the block runs: up to ``wait_s``, by default
+    the request's ``Prefer: wait``.
 
     Enter it before the job is stored or queued, so an end that comes at once still wakes the
     answer.
     """
-    wait_s = preferred_wait_s()
+    wait_s = preferred_wait_s() if wait_s is None else wait_s
     with services().waiters.watching(job_id, wait_s) as event:
         yield Submission(job_id, job_type, event, wait_s)
 

@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,9 +459,12 @@ def main() -> int:
         workloads.insert(1, Workload(1, True, raw_body=True))
     if not args.no_polling:
         workloads += [Workload(n, False) for n in args.images]
-    run: Callable[[Workload, int, float, float], Level] = lambda w, c, warm, s: run_level(  # noqa: E731
-        port, api_key, image, w, c, warmup_s=warm, seconds=s, pids=pids
-    )
+
+    def run(workload: Workload, clients: int, warmup_s: float, seconds: float) -> Level:
+        return run_level(
+            port, api_key, image, workload, clients, warmup_s=warmup_s, seconds=seconds, pids=pids
+        )
+
     levels: list[Level] = []
     try:
         run(Workload(1, True), 4, 0.0, 2.0)  # warm the HTTP path and the worker
