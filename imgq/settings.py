@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _VAR = Path("var")
@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     """Read timeout of a delivery."""
     webhook_attempt_deadline_s: float = Field(default=20.0, gt=0)
     """Longest one delivery attempt may take, start to end, whatever the receiver does."""
+    webhook_lease_s: PositiveInt = 120
+    """How long a delivery handed to a webhooks worker is its own: one whose worker died is
+    sent again once this has passed. Longer than ``webhook_attempt_deadline_s``, so an attempt
+    still running is never repeated beside it."""
 
     export_accuracy_margin: float = Field(default=0.02, ge=0, le=1)
     """Accuracy a quantized export may lose on the test split and still pass (0.02 = 2 points)."""
@@ -238,6 +242,16 @@ class Settings(BaseSettings):
         if any(not 1 <= int(part) <= 65535 for part in value.split(",")):
             raise ValueError("ports must be between 1 and 65535")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        if self.webhook_lease_s <= self.webhook_attempt_deadline_s:
+            raise ValueError(
+                "webhook_lease_s must be longer than webhook_attempt_deadline_s; received "
+                f"webhook_lease_s={self.webhook_lease_s}, "
+                f"webhook_attempt_deadline_s={self.webhook_attempt_deadline_s}"
+            )
+        return self
 
     @property
     def webhook_ports(self) -> frozenset[int]:

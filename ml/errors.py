@@ -147,6 +147,13 @@ class InvalidBase(ImgqError):
     status = 400
 
 
+class InvalidTeacher(ImgqError):
+    """``teacher`` is not a trained version with the dataset's classes."""
+
+    code = "invalid_teacher"
+    status = 400
+
+
 class WeightsNotFound(ImgqError):
     """Pretrained weights are neither cached nor configured; nothing is downloaded at run time."""
 

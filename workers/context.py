@@ -58,7 +58,7 @@ class WorkerContext:
             images=PredictImages(client, settings.job_ttl_s),
             heartbeats=HeartbeatRegistry(client),
             predict_checks=PredictChecks(client),
-            deliveries=DeliveryStore(client, settings.job_ttl_s),
+            deliveries=DeliveryStore(client, settings.job_ttl_s, settings.webhook_lease_s),
             image_limits=ImageLimits(
                 settings.max_image_bytes,
                 settings.max_image_pixels,

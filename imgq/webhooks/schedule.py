@@ -8,7 +8,8 @@ is handed out again, so hour-long retry delays would be duplicated. Instead:
   ends with a callback URL (see ``imgq.jobs.scripts``), and again for each retry or redelivery;
 * the scheduler moves due entries to ``WEBHOOKS_INFLIGHT`` (score = lease expiry) in one Lua
   step and sends a delivery task; a delivery that never reports back (its worker died) is moved
-  back when its lease runs out, so a delivery is never lost, only possibly repeated;
+  back when its lease (``IMGQ_WEBHOOK_LEASE_S``) runs out, so a delivery is never lost, only
+  possibly repeated;
 * the receiver deduplicates by ``Imgq-Event-Id``, which is the same for every attempt.
 """
 
@@ -21,8 +22,9 @@ import redis
 from imgq import redis_keys
 from imgq.webhooks.delivery import Delivery
 
-LEASE_S = 120.0
-"""A delivery not finished this long after it was handed out is scheduled again."""
+LEASE_S = 120
+"""A delivery not finished this long after it was handed out is scheduled again (the default
+of ``IMGQ_WEBHOOK_LEASE_S``)."""
 
 _CLAIM_DUE = """
 -- KEYS: scheduled, inflight. ARGV: now, lease expiry, limit. Moves due and expired entries.
@@ -43,9 +45,10 @@ return due
 class DeliveryStore:
     """Delivery state and schedule, shared by the API, the scheduler and the delivery task."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, lease_s: int = LEASE_S) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._lease_s = lease_s
         self._claim_due = client.register_script(_CLAIM_DUE)
 
     def load(self, job_id: str) -> Delivery | None:
@@ -66,7 +69,7 @@ class DeliveryStore:
         now = time.time()
         due = self._claim_due(
             keys=[redis_keys.WEBHOOKS_SCHEDULED, redis_keys.WEBHOOKS_INFLIGHT],
-            args=[now, now + LEASE_S, limit],
+            args=[now, now + self._lease_s, limit],
         )
         return [job.decode() for job in due]
 
@@ -76,7 +79,9 @@ class DeliveryStore:
 
     def lock(self, job_id: str) -> bool:
         """Only one attempt per job at a time, even if a lease was handed out twice."""
-        return bool(self._redis.set(redis_keys.webhook_lock(job_id), "1", nx=True, ex=int(LEASE_S)))
+        return bool(
+            self._redis.set(redis_keys.webhook_lock(job_id), "1", nx=True, ex=self._lease_s)
+        )
 
     def unlock(self, job_id: str) -> None:
         """Release the attempt lock."""

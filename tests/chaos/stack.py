@@ -98,13 +98,15 @@ class Stream:
     """Clients submitting one-image predict jobs at a steady rate from a few threads.
 
     ``images`` pairs each JPEG with the class index it must be predicted as; jobs cycle over
-    them, so a result that belongs to another job would be caught.
+    them, so a result that belongs to another job would be caught. ``fields`` go into every
+    request's body besides the image (a ``callback_url``).
     """
 
     base: str
     images: list[tuple[bytes, int]]
     rate_per_s: float = 25.0
     threads: int = 4
+    fields: dict[str, Any] = field(default_factory=dict)
     submissions: list[Submission] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,7 +114,7 @@ class Stream:
 
     def __enter__(self) -> Stream:
         bodies = [
-            ({"images": [base64.b64encode(jpeg).decode()], "top_k": 1}, index)
+            ({"images": [base64.b64encode(jpeg).decode()], "top_k": 1, **self.fields}, index)
             for jpeg, index in self.images
         ]
         interval = self.threads / self.rate_per_s
