@@ -15,7 +15,9 @@ close:
 * a predict job still open ``IMGQ_PREDICT_DEADLINE_S`` after it was accepted (a backlog no
   worker drains, a model that never loads): it fails with ``deadline_exceeded``.
 
-Claims are atomic in Redis, so every webhooks worker can run this loop side by side.
+Claims are atomic leases in Redis (``PredictChecks.claim_due``), so every webhooks worker can
+run this loop side by side, and a reaper that dies mid-sweep loses no job: the jobs it claimed
+are due again one ``IMGQ_PREDICT_CHECK_INTERVAL_S`` later, as if it had checked them.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 def reap(app: Celery, context: WorkerContext) -> None:
     """One sweep: fail long jobs whose worker died; resend lost images; fail overdue jobs."""
     reap_silent_jobs(context)
-    due = context.predict_checks.claim_due()
+    # A lease of one check interval: what the check would schedule next anyway.
+    due = context.predict_checks.claim_due(lease_s=context.settings.predict_check_interval_s)
     if not due:
         return
     pending = pending_work(context.redis, PREDICT_QUEUE, context.settings.predict_check_scan_limit)
@@ -63,6 +66,7 @@ def _check(app: Celery, context: WorkerContext, job_id: str, pending: PendingWor
     settings = context.settings
     fields = context.jobs.fields(job_id)
     if not fields or JobStatus(fields["status"]).is_terminal:
+        context.predict_checks.forget(job_id)  # else its lease would bring it back for ever
         return
     deadline_s = float(fields.get("deadline_s", settings.predict_deadline_s))
     if time.time() - float(fields["created_at"]) >= deadline_s:
