@@ -117,6 +117,8 @@ def read_finetune_request(job_id: str) -> tuple[dict[str, Any], str]:
     params["model"] = target_model(params["model"], params.pop("owner", None))
     owner, model_name = split_model_id(params["model"])
     params["base"] = resolve_base(params["base"])  # 404 for a model:version the caller lacks
+    if "teacher" in params:
+        params["teacher"] = resolve_base(params["teacher"])
     params.setdefault("image_size", BACKBONE_SIZES.get(params["base"], 224))
     if "callback_url" in params:
         check_callback_url(

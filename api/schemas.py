@@ -187,6 +187,43 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
 
 
+AUTO = "auto"
+"""A training parameter left for the job to choose from the data (``ml.auto_config``)."""
+
+
+class AutoOr(fields.Field[Any]):
+    """``auto``, or a value the wrapped field accepts: a parameter the data may choose.
+
+    Every value of a multipart form is a string, so ``"auto"`` is told apart before the wrapped
+    field parses the rest; the OpenAPI document says both forms (``oneOf``).
+    """
+
+    def __init__(self, inner: fields.Field[Any], **kwargs: Any) -> None:
+        self.inner = inner
+        inner_type = {
+            fields.Integer: "integer",
+            fields.Float: "number",
+            fields.Boolean: "boolean",
+        }
+        kind = next((t for cls, t in inner_type.items() if isinstance(inner, cls)), "string")
+        metadata = kwargs.pop("metadata", {})
+        choice: dict[str, Any] = {"type": kind}
+        if isinstance(inner, fields.String) and inner.validators:
+            choice["enum"] = list(getattr(inner.validators[0], "choices", []))
+        kwargs.setdefault("load_default", AUTO)
+        super().__init__(
+            metadata={"oneOf": [{"type": "string", "enum": [AUTO]}, choice], **metadata},
+            **kwargs,
+        )
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Any:
+        if value == AUTO:
+            return AUTO
+        return self.inner.deserialize(value, attr, data, **kwargs)
+
+
 class FinetuneFormSchema(Schema):
     """Fields of ``POST /jobs/finetune`` besides the ``dataset`` file."""
 
@@ -201,18 +238,53 @@ class FinetuneFormSchema(Schema):
         metadata={"description": "A backbone name, or `model:version` to continue from."},
     )
     image_size = fields.Integer(validate=validate.Range(min=32, max=600))
-    epochs = fields.Integer(load_default=10, validate=validate.Range(min=1, max=500))
-    fine_tune_epochs = fields.Integer(load_default=5, validate=validate.Range(min=0, max=500))
-    unfreeze = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=1))
-    learning_rate = fields.Float(load_default=1e-3, validate=validate.Range(min=1e-7, max=1))
-    fine_tune_learning_rate = fields.Float(
-        load_default=1e-5, validate=validate.Range(min=1e-9, max=1e-1)
+    epochs = AutoOr(
+        fields.Integer(validate=validate.Range(min=1, max=500)),
+        metadata={"description": "Head epochs (early stopping may end them sooner)."},
     )
+    fine_tune_epochs = AutoOr(fields.Integer(validate=validate.Range(min=0, max=500)))
+    unfreeze = AutoOr(fields.Float(validate=validate.Range(min=0, max=1)))
+    learning_rate = AutoOr(fields.Float(validate=validate.Range(min=1e-7, max=1)))
+    fine_tune_learning_rate = AutoOr(fields.Float(validate=validate.Range(min=1e-9, max=1e-1)))
     batch_size = fields.Integer(load_default=32, validate=validate.Range(min=1, max=1024))
-    augment = fields.Boolean(load_default=False)
+    augment = AutoOr(fields.Boolean())
     seed = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
     dropout = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=0.9))
-    patience = fields.Integer(load_default=3, validate=validate.Range(min=1, max=100))
+    patience = AutoOr(fields.Integer(validate=validate.Range(min=1, max=100)))
+    pooling = AutoOr(
+        fields.String(validate=validate.OneOf(["avg", "grid"])),
+        metadata={"description": "`avg`: global average pooling; `grid`: a 2 x 2 grid of it."},
+    )
+    label_smoothing = AutoOr(fields.Float(validate=validate.Range(min=0, max=0.5)))
+    mixup = AutoOr(
+        fields.Float(validate=validate.Range(min=0, max=2)),
+        metadata={"description": "Mixup's Beta alpha on cached features; 0 is off."},
+    )
+    tta = AutoOr(
+        fields.Boolean(),
+        metadata={"description": "Test-time flip: serve the mean over an image and its mirror."},
+    )
+    budget_s = fields.Integer(
+        validate=validate.Range(min=10, max=86400),
+        metadata={
+            "description": "Seconds to spend trying configurations on cached features (the "
+            "validation split chooses); the result lists the trials."
+        },
+    )
+    teacher = fields.String(
+        validate=validate.Regexp(r"^[a-z0-9_-]+:[0-9]+$"),
+        metadata={"description": "`model:version` to distil from (same classes)."},
+    )
+    distill_alpha = fields.Float(
+        load_default=0.5,
+        validate=validate.Range(min=0, max=1),
+        metadata={"description": "With `teacher`: the weight of its soft labels."},
+    )
+    distill_temperature = fields.Float(
+        load_default=4.0,
+        validate=validate.Range(min=1, max=20),
+        metadata={"description": "With `teacher`: the softmax temperature."},
+    )
     calibrate = fields.Boolean(
         load_default=True,
         metadata={

@@ -5,8 +5,9 @@ number of epochs, and prints the wall time and the test accuracy of each way:
 
 * cached: the backbone runs once over the training and validation images, and the head trains
   on the stored features (what imgq does when augmentation is off);
-* re-run: the full model trains with the backbone frozen, so every epoch runs the backbone over
-  every image again (what augmentation forces, since each epoch sees new pixels).
+* re-run: the full model trains with the backbone frozen and augmentation on, so every epoch
+  runs the backbone over every image again (what augmentation forces, since each epoch sees
+  new pixels).
 
 The dataset is made from scikit-image's sample photos (random crops, flips and colour shifts
 of several photos, one class per photo). Run: ``.venv/bin/python bench/finetune.py``.
@@ -68,29 +69,33 @@ def run_phase_one(
     import keras
 
     from ml.backbones import WeightSources, load_backbone
-    from ml.train import TrainConfig, build_classifier, train_head
+    from ml.train import TrainConfig, train_classifier
 
     keras.utils.set_random_seed(args.seed)
     backbone = load_backbone(
         "efficientnet_lite0", args.size, True, WeightSources(REPO / "var" / "weights")
     )
     config = TrainConfig(
-        epochs=args.epochs, fine_tune_epochs=0, batch_size=32, seed=args.seed, patience=args.epochs
-    )  # no early stop: both run every epoch
-    parts = build_classifier(backbone, len(PHOTOS), config)
+        epochs=args.epochs,
+        fine_tune_epochs=0,
+        batch_size=32,
+        seed=args.seed,
+        patience=args.epochs,  # no early stop: both run every epoch
+        augment=not cache,  # augmentation is what makes imgq re-run the backbone
+    )
     started = time.perf_counter()
-    history = train_head(
-        parts,
+    outcome = train_classifier(
+        backbone,
+        len(PHOTOS),
         splits["train"],
         splits["validation"],
-        config,
-        _Quiet(),
-        total_epochs=args.epochs,
-        cache_features=cache,
+        config=config,
+        hooks=_Quiet(),
     )
+    history = outcome.history
     seconds = time.perf_counter() - started
     images, labels = splits["test"]
-    predicted = np.argmax(parts.model.predict(images, verbose=0), axis=1)
+    predicted = np.argmax(outcome.model.predict(images, verbose=0), axis=1)
     return {
         "seconds": seconds,
         "accuracy": float(np.mean(predicted == labels)),

@@ -121,5 +121,81 @@ def load_backbone(
     app = _KERAS_APPS[name]
     weights = str(find_weights_file(app.weights_file, sources.weights_dir)) if pretrained else None
     inputs = keras.Input(shape=shape, name="image")
-    base = app.factory(include_top=False, weights=weights, input_shape=shape, pooling="avg")
-    return keras.Model(inputs, base(app.scaling(inputs)), name="backbone")
+    base = app.factory(include_top=False, weights=weights, input_shape=shape, pooling=None)
+    pooled = keras.layers.GlobalAveragePooling2D(name="features")(base(app.scaling(inputs)))
+    return keras.Model(inputs, pooled, name="backbone")
+
+
+POOLINGS: tuple[str, ...] = ("avg", "grid")
+"""How a feature map becomes the head's input: its mean, or the means of a 2 x 2 grid of it."""
+
+
+def feature_map(backbone: keras.Model) -> Any | None:
+    """The backbone's last feature map before pooling, or None when it cannot be reached.
+
+    Backbones from ``load_backbone`` pool in a layer named ``features`` (``grid_pool`` once
+    ``with_pooling`` made a grid of them); older saved versions of ``keras.applications``
+    backbones pool inside the application, and only average pooling is open to them.
+    """
+    for name in ("features", "grid_pool"):
+        try:
+            return backbone.get_layer(name).input
+        except ValueError:
+            continue
+    return None
+
+
+def grid_features(feature_map_output: Any) -> Any:
+    """Means of a 2 x 2 grid over a feature map, flattened: where in the image a feature is.
+
+    Global average pooling throws away the layout of the image, which carries the class of
+    small, centred, greyscale pictures (digits, product photos); four cells keep a coarse one.
+    """
+    side = int(feature_map_output.shape[1])
+    pool = keras.layers.AveragePooling2D(
+        pool_size=(side + 1) // 2, padding="same", name="grid_pool"
+    )
+    return keras.layers.Flatten(name="grid_features")(pool(feature_map_output))
+
+
+def with_pooling(backbone: keras.Model, pooling: str) -> keras.Model:
+    """The backbone with its features pooled as ``pooling`` says (see ``POOLINGS``).
+
+    Raises:
+        ValueError: unknown pooling, or a grid asked of a backbone whose map is out of reach.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {list(POOLINGS)}. Received {pooling!r}.")
+    if backbone_pooling(backbone) == pooling:
+        return backbone
+    fmap = feature_map(backbone)
+    if fmap is None:
+        raise ValueError("This backbone pools inside itself; only `pooling='avg'` applies.")
+    pooled = (
+        keras.layers.GlobalAveragePooling2D(name="features")(fmap)
+        if pooling == "avg"
+        else grid_features(fmap)
+    )
+    return keras.Model(backbone.input, pooled, name="backbone")
+
+
+def backbone_pooling(backbone: keras.Model) -> str:
+    """How a backbone pools its features now: ``grid`` or ``avg``."""
+    try:
+        backbone.get_layer("grid_pool")
+    except ValueError:
+        return "avg"
+    return "grid"
+
+
+def pooled_features_model(backbone: keras.Model) -> keras.Model:
+    """One pass, both poolings: ``{"avg": ..., "grid": ...}`` features (only ``avg`` when the
+    map is out of reach), for training heads of either kind on cached features."""
+    fmap = feature_map(backbone)
+    if fmap is None:
+        return keras.Model(backbone.input, {"avg": backbone.output}, name="pooled_features")
+    outputs = {
+        "avg": keras.layers.GlobalAveragePooling2D(name="avg_features")(fmap),
+        "grid": grid_features(fmap),
+    }
+    return keras.Model(backbone.input, outputs, name="pooled_features")

@@ -22,6 +22,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,12 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
+from ml.auto_config import choose_config, dataset_stats
 from ml.backbones import BACKBONES, WeightSources, load_backbone
 from ml.dataset_ingest import IngestRequest, ingest_archive
 from ml.dataset_store import DatasetStore, DatasetVersion
 from ml.datasets import SPLITS, DatasetLayout, check_decoded_classes, decode_items
+from ml.distillation import Teacher, compare_with_teacher, load_teacher
 from ml.drift import reference_from_predictions
 from ml.errors import ImgqError, InvalidBase
 from ml.evaluate import (
@@ -69,7 +72,9 @@ class FinetuneRequest:
     model: str
     base: str
     image_size: int
-    config: TrainConfig
+    train_params: Mapping[str, Any]
+    """``TrainConfig`` fields as the job gave them; missing or ``auto`` ones are chosen from
+    the data (``ml.auto_config``)."""
     dataset: str
     """Id of the dataset to train on."""
     dataset_version: int | None
@@ -83,6 +88,10 @@ class FinetuneRequest:
     """Accuracy a version that adds classes may lose on the active version's classes."""
     retrain_of: dict[str, Any] | None = None
     """For a retrain (``ml.retrain``), what it continues; it is never activated by the gate."""
+    budget_s: float | None = None
+    """Seconds phase 1 may spend trying configurations (``ml.trials``); None: no search."""
+    teacher: str | None = None
+    """``<model id>:<version>`` to distil from (``ml.distillation``); None: no teacher."""
 
 
 @dataclass
@@ -256,8 +265,11 @@ def _train_logged(
     backbone: keras.Model,
     splits: Splits,
     request: FinetuneRequest,
+    config: TrainConfig,
+    *,
     hooks: TrainingHooks,
     scratch: Path,
+    teacher: Teacher | None,
 ) -> tuple[TrainingOutcome, bytes]:
     """Train both phases with TensorBoard logging; the logs come back zipped, their folder gone.
 
@@ -270,9 +282,11 @@ def _train_logged(
             len(splits.layout.classes),
             splits.arrays["train"],
             splits.arrays["validation"],
-            config=request.config,
+            config=config,
             hooks=hooks,
             log_dir=Path(log_dir),
+            budget_s=request.budget_s,
+            teacher=None if teacher is None else teacher.soft_labels,
         )
         return outcome, zip_logs(Path(log_dir))
 
@@ -296,14 +310,37 @@ def run_finetune(
     dataset, ingested = _dataset_version(request, datasets, scratch)
     splits = load_version_splits(datasets, dataset, request, image_size)
     classes = list(splits.layout.classes)
-    outcome, tensorboard_zip = _train_logged(backbone, splits, request, hooks, scratch)
+    stats = dataset_stats(
+        lambda image: datasets.read_image(dataset.dataset, image),
+        splits.layout.splits["train"],
+        len(classes),
+    )
+    config, auto = choose_config(request.train_params, stats)
+    teacher = (
+        None
+        if request.teacher is None
+        else load_teacher(
+            registry,
+            request.teacher,
+            classes,
+            lambda size: load_version_splits(datasets, dataset, request, size).arrays,
+        )
+    )
+    outcome, tensorboard_zip = _train_logged(
+        backbone, splits, request, config, hooks=hooks, scratch=scratch, teacher=teacher
+    )
+    config = outcome.config or config
     calibration = calibrate_model(
-        outcome.model, splits.arrays["validation"], enabled=request.config.calibrate
+        outcome.model, splits.arrays["validation"], enabled=config.calibrate
     )
     images, labels = splits.arrays["test"]
     probabilities = outcome.model.predict(images, verbose=0)  # as served: calibrated
     report = evaluate_predictions(probabilities, labels, classes)
     report["calibration"] = with_test_effect(calibration, probabilities, labels)
+    if teacher is not None:
+        report["distillation"] = compare_with_teacher(
+            teacher, outcome.model, (images, labels), probabilities
+        )
     activate, reason = _compare_with_active(
         registry, request, classes, (images, labels), probabilities
     )
@@ -317,7 +354,7 @@ def run_finetune(
         )
     staged = staging_dir(registry, request.model)
     outcome.model.save(staged / "model.keras")
-    _keep_samples(staged, splits.arrays["train"][0], (images, labels), request.config.seed)
+    _keep_samples(staged, splits.arrays["train"][0], (images, labels), config.seed)
     (staged / "evaluation.json").write_text(json.dumps(report, indent=2))
     reference = reference_from_predictions(probabilities, classes)
     (staged / REFERENCE_FILE).write_text(json.dumps(reference))
@@ -333,7 +370,9 @@ def run_finetune(
     }
     training = {
         "base": request.base,
-        "params": asdict(request.config),
+        "params": asdict(config),
+        "auto": auto,
+        **_search_record(request, outcome, teacher),
         "dataset": dataset_record,
         "dataset_fingerprint": dataset.fingerprint,
         "split_sizes": {k: len(v) for k, v in splits.layout.splits.items()},
@@ -377,9 +416,27 @@ def run_finetune(
         "dataset": {**dataset_record, **_ingest_counts(ingested, dataset)},
         **_what_is_new(request, datasets, dataset),
         "skipped_images": training["skipped_images"],
+        "training": {
+            "params": asdict(config),
+            "auto": auto,
+            **_search_record(request, outcome, teacher),
+        },
         "artifacts": list(ARTIFACTS),
         "ended_canary": ended_canary["version"] if ended_canary else None,
     }
+
+
+def _search_record(
+    request: FinetuneRequest, outcome: TrainingOutcome, teacher: Teacher | None
+) -> dict[str, Any]:
+    """A budget's trials and a teacher, as recorded with the version and in the result."""
+    record: dict[str, Any] = {}
+    if request.budget_s is not None:
+        record["budget_s"] = request.budget_s
+        record["trials"] = [trial.document() for trial in outcome.trials]
+    if teacher is not None:
+        record["teacher"] = teacher.reference
+    return record
 
 
 def _ingest_counts(ingested: dict[str, Any] | None, dataset: DatasetVersion) -> dict[str, Any]:

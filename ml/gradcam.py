@@ -27,7 +27,11 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from PIL import Image
 
+from ml.layers import HorizontalFlip
+
 _SOFTMAX_LAYERS = (keras.layers.Activation, keras.layers.Softmax)
+_POOLING_LAYERS = (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D)
+_SECOND_VIEW_LAYERS = (HorizontalFlip, keras.layers.Average)
 
 
 def gradcam(
@@ -148,8 +152,8 @@ def _feature_layer_index(model: keras.Model) -> int:
     """Index of the last layer that outputs a 4-D map or is a nested image model."""
     for index in reversed(range(len(model.layers))):
         layer = model.layers[index]
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+        if isinstance(layer, (keras.layers.InputLayer, *_POOLING_LAYERS)):
+            continue  # a grid's pooled cells are too coarse to show where the evidence is
         if isinstance(layer, keras.Model):
             if len(layer.input.shape) == 4:
                 return index
@@ -171,8 +175,13 @@ def _run(model: keras.Model, images: Any, *, logits: bool) -> tuple[Any, Any]:
         return feature_map, _scores(last, head_input)
     x = images
     for layer in model.layers[1:index]:  # e.g. augmentation, input scaling
-        x = layer(x, training=False)
-    after = model.layers[index + 1 :]
+        if not isinstance(layer, _SECOND_VIEW_LAYERS):
+            x = layer(x, training=False)
+    # With test-time flip the image's own view is explained: its mirror and the mean over both
+    # views are left out (the mean of one view is that view).
+    after = [
+        layer for layer in model.layers[index + 1 :] if not isinstance(layer, _SECOND_VIEW_LAYERS)
+    ]
     feature_map, x = _run(feature_layer, x, logits=logits and not after)
     for position, layer in enumerate(after):
         x = _scores(layer, x) if logits and position == len(after) - 1 else layer(x, training=False)

@@ -16,3 +16,11 @@ class CaffePreprocess(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         bgr = keras.ops.flip(inputs, axis=-1)
         return bgr - keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="imgq")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirror images left to right, always (test-time augmentation's second view)."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.flip(inputs, axis=-2)

@@ -54,7 +54,7 @@ def retrain_params(
             {"model": name, "dataset_version": latest.version},
         )
     return {
-        **active.training.get("params", {}),
+        **_parameters_to_repeat(active.training),
         **overrides,
         "model": model,
         "base": f"{model}:{active.version}",
@@ -65,4 +65,17 @@ def retrain_params(
             "parent_version": active.version,
             "parent_dataset_version": trained_on.get("version"),
         },
+    }
+
+
+def _parameters_to_repeat(training: dict[str, Any]) -> dict[str, Any]:
+    """The parent's training parameters, with those the data chose left to choose again.
+
+    A retrain trains on a grown dataset: what ``auto`` chose for the parent (frozen backbone
+    for a small set, say) may not suit it, so those parameters are ``auto`` again.
+    """
+    chosen = (training.get("auto") or {}).get("chosen", {})
+    return {
+        name: "auto" if name in chosen else value
+        for name, value in training.get("params", {}).items()
     }

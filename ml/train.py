@@ -16,6 +16,7 @@ The recipe of the Keras transfer-learning guide, made fast and controllable:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,29 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
+from ml.backbones import with_pooling
+from ml.feature_cache import extract_features
+from ml.head_training import HeadData, HeadResult, make_head, train_head_on_features
+from ml.layers import HorizontalFlip
 from ml.tensorboard_logs import tensorboard_callback
+from ml.train_targets import (
+    Distillation,
+    class_weights,
+    compile_for_targets,
+    sample_weights,
+    training_targets,
+)
+from ml.trials import Trial, search
 
-IMBALANCE_RATIO = 1.5
-"""Largest/smallest class count above which classes are weighted."""
+__all__ = [
+    "ClassifierParts",
+    "TrainConfig",
+    "build_classifier",
+    "class_weights",
+    "configure_accelerators",
+    "extract_features",
+    "train_classifier",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,19 @@ class TrainConfig:
     calibrate: bool = True
     """Temperature-scale the trained model on the validation split when that lowers its
     calibration error (``ml.temperature``)."""
+    pooling: str = "avg"
+    """``avg``: the mean of the backbone's feature map; ``grid``: the means of a 2 x 2 grid."""
+    label_smoothing: float = 0.0
+    """Share of each label spread evenly over the classes (Szegedy et al. 2016)."""
+    mixup: float = 0.0
+    """Mixup's Beta alpha on phase 1's cached features (0: off)."""
+    tta: bool = False
+    """Train on mirrored images too and serve the mean of an image's and its mirror's
+    predictions (test-time augmentation; twice the serving cost)."""
+    distill_alpha: float = 0.5
+    """With a teacher: the weight of its soft labels against the true ones."""
+    distill_temperature: float = 4.0
+    """With a teacher: the temperature both softmaxes are softened by."""
 
 
 class TrainingHooks(Protocol):
@@ -71,6 +104,10 @@ class TrainingOutcome:
     history: dict[str, list[float]] = field(default_factory=dict)
     phase_boundary: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    config: TrainConfig | None = None
+    """The parameters the model was trained with (a budget's best, when there was one)."""
+    trials: list[Trial] = field(default_factory=list)
+    """A budget's trials, in the order run."""
 
 
 def _augmentation(seed: int) -> keras.Sequential:
@@ -95,39 +132,45 @@ class ClassifierParts:
 
 
 def build_classifier(
-    backbone: keras.Model, num_classes: int, config: TrainConfig
+    backbone: keras.Model,
+    num_classes: int,
+    config: TrainConfig,
+    head: list[keras.layers.Layer] | None = None,
 ) -> ClassifierParts:
     """Stack augmentation (training only), the backbone (inference mode) and a softmax head.
 
-    The head layers are returned too, so phase 1 can train them on cached features and the
-    full model uses the very same weights afterwards.
+    The backbone pools as ``config.pooling`` says; with ``config.tta`` the model averages its
+    predictions for the image and its mirror. ``head`` passes layers phase 1 already trained
+    (on cached features), so the full model uses the very same weights; by default new ones.
     """
     if num_classes < 2:
         raise ValueError(f"`num_classes` must be at least 2. Received {num_classes}.")
-    head = [
-        keras.layers.Dropout(config.dropout, name="head_dropout"),
-        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier"),
-    ]
+    backbone = with_pooling(backbone, config.pooling)
+    head = head if head is not None else make_head(num_classes, config.dropout)
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
     x = _augmentation(config.seed)(inputs) if config.augment else inputs
-    x = backbone(x, training=False)
-    for layer in head:
-        x = layer(x)
-    return ClassifierParts(keras.Model(inputs, x, name="classifier_model"), backbone, head)
-
-
-def class_weights(labels: NDArray[np.int32], num_classes: int) -> dict[int, float] | None:
-    """Inverse-frequency weights when the largest class outnumbers the smallest by 1.5x."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    if counts.min() == 0 or counts.max() / counts.min() <= IMBALANCE_RATIO:
-        return None
-    return {i: float(len(labels) / (num_classes * c)) for i, c in enumerate(counts)}
+    views = [x, HorizontalFlip(name="mirror")(x)] if config.tta else [x]
+    outputs = []
+    for view in views:
+        y = backbone(view, training=False)
+        for layer in head:
+            y = layer(y)
+        outputs.append(y)
+    output = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="tta_mean")(outputs)
+    return ClassifierParts(keras.Model(inputs, output, name="classifier_model"), backbone, head)
 
 
 def _dataset(
-    x: NDArray[Any], y: NDArray[np.int32], batch_size: int, shuffle: bool, seed: int
+    x: NDArray[Any],
+    targets: NDArray[np.float32],
+    weights: NDArray[np.float32] | None,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
 ) -> tf.data.Dataset:
-    data = tf.data.Dataset.from_tensor_slices((x, y))
+    parts = (x, targets) if weights is None else (x, targets, weights)
+    data = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle:
         data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -136,10 +179,18 @@ def _dataset(
 class _Progress(keras.callbacks.Callback):
     """Reports phase, epoch, metrics and an ETA after each epoch; checks for cancel per batch."""
 
-    def __init__(self, hooks: TrainingHooks, phase: str, epoch_offset: int, total: int) -> None:
+    def __init__(
+        self,
+        hooks: TrainingHooks,
+        phase: str,
+        epoch_offset: int,
+        total: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.hooks, self.phase = hooks, phase
         self.offset, self.total = epoch_offset, total
+        self.extra = extra or {}
         self.canceled = False
         self.started = time.monotonic()
         self.latest: dict[str, float] = {}
@@ -153,6 +204,7 @@ class _Progress(keras.callbacks.Callback):
             "epoch": done,
             "total_epochs": self.total,
             "eta_s": round(per_epoch * max(self.total - done, 0), 1),
+            **self.extra,
             **self.latest,
         }
         if self.hooks.report(progress):
@@ -173,17 +225,9 @@ class _Progress(keras.callbacks.Callback):
             self._report()
 
 
-def _fit(
-    model: keras.Model,
-    train: tuple[Any, NDArray[np.int32]],
-    validation: tuple[Any, NDArray[np.int32]],
-    *,
-    epochs: int,
-    config: TrainConfig,
-    progress: _Progress,
-    num_classes: int,
-    log_dir: Path | None,
-) -> dict[str, list[float]]:
+def _callbacks(
+    config: TrainConfig, progress: _Progress, log_dir: Path | None
+) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
@@ -195,82 +239,72 @@ def _fit(
     ]
     if log_dir is not None:
         callbacks.append(tensorboard_callback(log_dir))
-    history = model.fit(
-        _dataset(*train, config.batch_size, shuffle=True, seed=config.seed),
-        validation_data=_dataset(*validation, config.batch_size, shuffle=False, seed=0),
+    return callbacks
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Images and labels of the training and validation splits, and a teacher's view of them."""
+
+    train: tuple[NDArray[np.uint8], NDArray[np.int32]]
+    validation: tuple[NDArray[np.uint8], NDArray[np.int32]]
+    teacher: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    """A teacher's probabilities for the training and validation images (distillation)."""
+
+    def head_data(self, num_classes: int) -> HeadData:
+        """Labels and teacher probabilities, as phase 1 on cached features takes them."""
+        teacher_train, teacher_val = self.teacher if self.teacher is not None else (None, None)
+        return HeadData(self.train[1], self.validation[1], num_classes, teacher_train, teacher_val)
+
+
+def _distillation(config: TrainConfig, data: TrainingData) -> Distillation | None:
+    if data.teacher is None:
+        return None
+    return Distillation(config.distill_alpha, config.distill_temperature)
+
+
+def _fit_images(
+    parts: ClassifierParts,
+    data: TrainingData,
+    *,
+    epochs: int,
+    learning_rate: float,
+    config: TrainConfig,
+    progress: _Progress,
+    log_dir: Path | None,
+) -> dict[str, list[float]]:
+    """Fit the full model on images (phase 2, or phase 1 with augmentation on)."""
+    num_classes = int(parts.head[-1].units)
+    compile_for_targets(
+        parts.model,
+        learning_rate,
+        num_classes,
+        config.label_smoothing,
+        _distillation(config, data),
+    )
+    teacher_train, teacher_val = data.teacher if data.teacher is not None else (None, None)
+    train_targets = training_targets(data.train[1], num_classes, teacher_train)
+    val_targets = training_targets(data.validation[1], num_classes, teacher_val)
+    history = parts.model.fit(
+        _dataset(
+            data.train[0],
+            train_targets,
+            sample_weights(data.train[1], num_classes),
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+        ),
+        validation_data=_dataset(
+            data.validation[0], val_targets, None, config.batch_size, shuffle=False, seed=0
+        ),
         epochs=epochs,
         shuffle=False,  # the tf.data pipeline shuffles each epoch itself
-        class_weight=class_weights(train[1], num_classes),
-        callbacks=callbacks,
+        callbacks=_callbacks(config, progress, log_dir),
         verbose=0,
     )
     if progress.canceled:
         raise TrainingCanceled
     return {k: [float(v) for v in values] for k, values in history.history.items()}
-
-
-def extract_features(backbone: keras.Model, images: NDArray[np.uint8], batch_size: int) -> Any:
-    """Run the frozen backbone once over ``images`` (phase 1's cached features)."""
-    return backbone.predict(images, batch_size=batch_size, verbose=0)
-
-
-def _compile(model: keras.Model, learning_rate: float) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-
-
-def train_head(
-    parts: ClassifierParts,
-    train: tuple[NDArray[np.uint8], NDArray[np.int32]],
-    validation: tuple[NDArray[np.uint8], NDArray[np.int32]],
-    config: TrainConfig,
-    hooks: TrainingHooks,
-    *,
-    total_epochs: int,
-    cache_features: bool,
-    log_dir: Path | None = None,
-) -> dict[str, list[float]]:
-    """Phase 1: train the head with the backbone frozen, on cached features when possible.
-
-    ``log_dir``, when given, receives the phase's TensorBoard event files.
-    """
-    num_classes = int(parts.head[-1].units)
-    parts.backbone.trainable = False
-    progress = _Progress(hooks, "head", 0, total_epochs)
-    if not cache_features:
-        _compile(parts.model, config.learning_rate)
-        return _fit(
-            parts.model,
-            train,
-            validation,
-            epochs=config.epochs,
-            config=config,
-            progress=progress,
-            num_classes=num_classes,
-            log_dir=log_dir,
-        )
-    features = [
-        extract_features(parts.backbone, x, config.batch_size) for x in (train[0], validation[0])
-    ]
-    inputs = keras.Input(shape=features[0].shape[1:], name="features")
-    x = inputs
-    for layer in parts.head:
-        x = layer(x)
-    head_model = keras.Model(inputs, x, name="head")
-    _compile(head_model, config.learning_rate)
-    return _fit(
-        head_model,
-        (features[0], train[1]),
-        (features[1], validation[1]),
-        epochs=config.epochs,
-        config=config,
-        progress=progress,
-        num_classes=num_classes,
-        log_dir=log_dir,
-    )
 
 
 def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
@@ -290,33 +324,59 @@ def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
-def fine_tune(
-    parts: ClassifierParts,
-    train: tuple[NDArray[np.uint8], NDArray[np.int32]],
-    validation: tuple[NDArray[np.uint8], NDArray[np.int32]],
+def _head_phase(
+    backbone: keras.Model,
+    num_classes: int,
+    data: TrainingData,
     config: TrainConfig,
     hooks: TrainingHooks,
     *,
-    log_dir: Path | None = None,
-) -> dict[str, list[float]]:
-    """Phase 2: unfreeze the top of the backbone and train end to end with a low rate.
-
-    ``log_dir``, when given, receives the phase's TensorBoard event files.
-    """
-    unfreeze_top(parts.backbone, config.unfreeze)
-    _compile(parts.model, config.fine_tune_learning_rate)  # recompile after changing trainable
-    progress = _Progress(hooks, "fine_tune", config.epochs, config.epochs + config.fine_tune_epochs)
-    num_classes = int(parts.head[-1].units)
-    return _fit(
-        parts.model,
-        train,
-        validation,
-        epochs=config.fine_tune_epochs,
-        config=config,
-        progress=progress,
-        num_classes=num_classes,
-        log_dir=log_dir,
+    total_epochs: int,
+    budget_s: float | None,
+    log_dir: Path | None,
+) -> tuple[TrainConfig, HeadResult, list[Trial]]:
+    """Phase 1 on cached features: one head, or a budget's search for the best one."""
+    backbone.trainable = False
+    cache = extract_features(
+        backbone,
+        {"train": data.train[0], "validation": data.validation[0]},
+        flips=config.tta or budget_s is not None,
+        batch_size=config.batch_size,
     )
+    head_data = data.head_data(num_classes)
+    distillation = _distillation(config, data)
+    if config.pooling not in cache.poolings:
+        config = dataclasses.replace(config, pooling="avg")
+
+    def train_one(candidate: TrainConfig, extra: dict[str, Any] | None = None) -> HeadResult:
+        progress = _Progress(hooks, "head", 0, total_epochs, extra)
+        result = train_head_on_features(
+            cache,
+            head_data,
+            candidate,
+            distillation=distillation,
+            callbacks=_callbacks(candidate, progress, log_dir),
+        )
+        if progress.canceled:
+            raise TrainingCanceled
+        return result
+
+    if budget_s is None:
+        return config, train_one(config), []
+    reported: list[dict[str, Any]] = []
+
+    def report(trials: list[Trial]) -> None:
+        reported[:] = [trial.document() for trial in trials]
+
+    best_config, best, trials = search(
+        config,
+        lambda candidate: train_one(candidate, {"trials": reported}),
+        budget_s=budget_s,
+        poolings=cache.poolings,
+        flips=cache.has_flips,
+        report=report,
+    )
+    return best_config, best, trials
 
 
 def train_classifier(
@@ -328,6 +388,8 @@ def train_classifier(
     config: TrainConfig,
     hooks: TrainingHooks,
     log_dir: Path | None = None,
+    budget_s: float | None = None,
+    teacher: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
 ) -> TrainingOutcome:
     """Run both phases and return the trained classifier with its merged history.
 
@@ -335,47 +397,72 @@ def train_classifier(
         backbone: the pretrained feature extractor.
         num_classes: classes of the new head.
         train: training images and labels.
-        validation: validation images and labels (early stopping and the plateau watch them).
+        validation: validation images and labels (early stopping, the plateau and a
+            budget's trials watch them).
         config: the job's training parameters.
         hooks: where progress goes and cancellation comes from.
         log_dir: where to write TensorBoard event files, one run per phase (``head/``,
             ``fine_tune/``); None writes none.
+        budget_s: seconds phase 1 may spend trying configurations (``ml.trials``); None
+            trains ``config`` alone. Needs cached features (``augment`` off).
+        teacher: a teacher's probabilities for the training and validation images, to
+            distil (``ml.train_targets``).
 
     Returns:
-        The classifier, its history over both phases and where phase 2 began.
+        The classifier, its history over both phases, where phase 2 began, and the config it
+        was trained with (a budget's best).
 
     Raises:
         TrainingCanceled: ``hooks.report`` asked to stop; nothing should be published.
     """
     keras.utils.set_random_seed(config.seed)
+    data = TrainingData(train, validation, teacher)
+    total = config.epochs + config.fine_tune_epochs
+    started = time.monotonic()
     # One strategy for the model's whole life: variables made under one MirroredStrategy
     # cannot be trained under another, so both phases reuse the one that built the model.
     strategy = _strategy()
+    trials: list[Trial] = []
     with strategy.scope():
-        parts = build_classifier(backbone, num_classes, config)
-    total = config.epochs + config.fine_tune_epochs
-    started = time.monotonic()
-    history = train_head(
-        parts,
-        train,
-        validation,
-        config,
-        hooks,
-        total_epochs=total,
-        cache_features=not config.augment,
-        log_dir=None if log_dir is None else log_dir / "head",
-    )
+        if config.augment:
+            parts = build_classifier(backbone, num_classes, config)
+            parts.backbone.trainable = False
+            history = _fit_images(
+                parts,
+                data,
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                config=config,
+                progress=_Progress(hooks, "head", 0, total),
+                log_dir=None if log_dir is None else log_dir / "head",
+            )
+        else:
+            config, best, trials = _head_phase(
+                backbone,
+                num_classes,
+                data,
+                config,
+                hooks,
+                total_epochs=total,
+                budget_s=budget_s,
+                log_dir=None if log_dir is None else log_dir / "head",
+            )
+            parts = build_classifier(backbone, num_classes, config, best.head)
+            history = best.history
     outcome = TrainingOutcome(parts.model, history, len(history.get("loss", [])))
+    outcome.config, outcome.trials = config, trials
     outcome.phase_seconds["head"] = time.monotonic() - started
     if config.fine_tune_epochs > 0 and config.unfreeze > 0:
         started = time.monotonic()
         with strategy.scope():
-            tuned = fine_tune(
+            unfreeze_top(parts.backbone, config.unfreeze)
+            tuned = _fit_images(
                 parts,
-                train,
-                validation,
-                config,
-                hooks,
+                data,
+                epochs=config.fine_tune_epochs,
+                learning_rate=config.fine_tune_learning_rate,
+                config=config,
+                progress=_Progress(hooks, "fine_tune", config.epochs, total),
                 log_dir=None if log_dir is None else log_dir / "fine_tune",
             )
         for key, values in tuned.items():

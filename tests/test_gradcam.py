@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -121,3 +122,19 @@ def test_overlay_is_a_png_of_the_original_photo_size() -> None:
     assert overlay.mode == "RGB"
     untouched = Image.open(io.BytesIO(overlay_png(photo, heatmap, alpha=0.0)))
     np.testing.assert_array_equal(np.asarray(untouched), photo)
+
+
+def test_a_grid_pooled_test_time_flip_model_explains_its_own_view(
+    tmp_path: Path,
+) -> None:
+    """Grid pooling's 2 x 2 cells are skipped for the map before them; the mirror is left out."""
+    backbone = load_backbone(
+        "efficientnet_lite0", 64, pretrained=False, sources=WeightSources(tmp_path)
+    )
+    parts = build_classifier(backbone, 3, TrainConfig(pooling="grid", tta=True))
+    parts.backbone.trainable = False
+    image = _random_image(64)
+    heatmap, class_index = gradcam(parts.model, image)
+    assert heatmap.shape == (64, 64)
+    assert class_index in range(3)
+    assert 0.0 <= heatmap.min() <= heatmap.max() <= 1.0

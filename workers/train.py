@@ -144,6 +144,8 @@ TRAIN_PARAMETERS = frozenset(
         "dataset_version",
         "data_mode",
         "owner",
+        "budget_s",
+        "teacher",
         RETRAIN_PARAMETER,
     }
 )
@@ -154,7 +156,7 @@ def _train(context: WorkerContext, job: LongJob, archive: Path | None) -> dict[s
     """Train in this (forked) process; TensorFlow is imported here, never in the parent."""
     from ml.backbones import WeightSources
     from ml.finetune import FinetuneRequest, run_finetune
-    from ml.train import TrainConfig, TrainingCanceled, configure_accelerators
+    from ml.train import TrainingCanceled, configure_accelerators
 
     settings = context.settings
     params = job.params
@@ -164,7 +166,7 @@ def _train(context: WorkerContext, job: LongJob, archive: Path | None) -> dict[s
         model=params["model"],
         base=params["base"],
         image_size=params["image_size"],
-        config=TrainConfig(**{k: v for k, v in params.items() if k not in TRAIN_PARAMETERS}),
+        train_params={k: v for k, v in params.items() if k not in TRAIN_PARAMETERS},
         dataset=params["dataset"],
         dataset_version=None if version is None else int(version),
         ingest=None if archive is None else ingest_request(context, job, archive),
@@ -173,6 +175,8 @@ def _train(context: WorkerContext, job: LongJob, archive: Path | None) -> dict[s
         sources=WeightSources(settings.weights_dir, settings.efficientnet_lite_checkpoint),
         activation_margin=settings.activation_margin,
         retrain_of=params.get(RETRAIN_PARAMETER),
+        budget_s=params.get("budget_s"),
+        teacher=params.get("teacher"),
     )
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -129,6 +129,8 @@ def cmd_finetune(client: ImgqClient, args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "augment": args.augment,
         "seed": args.seed,
+        "budget_s": args.budget_s,
+        "teacher": args.teacher,
         "dataset_name": args.dataset_name,
         "data_mode": args.data_mode,
         "dataset_version": args.dataset_version,
@@ -626,8 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--fine-tune-epochs", int),
         ("--batch-size", int),
         ("--seed", int),
+        ("--budget-s", int),
     ):
         finetune.add_argument(flag, type=kind)
+    finetune.add_argument("--teacher", help="MODEL:VERSION to distil from")
     finetune.add_argument("--augment", action="store_true", default=None)
     finetune.add_argument("--no-wait", dest="wait", action="store_false")
     finetune.set_defaults(run=cmd_finetune)
