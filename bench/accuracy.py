@@ -151,14 +151,15 @@ class Client:
 
     def train(self, form: dict[str, Any], archive: bytes | None) -> dict[str, Any]:
         """Run one fine-tune job to its end and return the job document."""
-        files = {"dataset": ("data.zip", archive, "application/zip")} if archive else None
-        answer = self.session.post(
-            f"{self.base}/jobs/finetune",
-            data={k: str(v) for k, v in form.items()},
-            files=files,
-            timeout=120,
-        )
-        answer.raise_for_status()
+        # multipart even without an upload: every field as a part without a file name
+        parts: dict[str, tuple[str | None, bytes]] = {
+            key: (None, str(value).encode()) for key, value in form.items()
+        }
+        if archive is not None:
+            parts["dataset"] = ("data.zip", archive)
+        answer = self.session.post(f"{self.base}/jobs/finetune", files=parts, timeout=120)
+        if answer.status_code != 202:
+            raise RuntimeError(f"{answer.status_code} for {form}: {answer.text}")
         job_id = answer.json()["id"]
         while True:
             try:  # a long poll; gunicorn may close an idle kept-alive connection in between

@@ -211,12 +211,17 @@ def calibrate_model(
         The calibration record of ``choose_temperature``, or, when disabled, one with
         ``applied`` False, ``temperature`` 1.0 and the reason.
     """
-    if not enabled:
+    if not enabled or isinstance(model.layers[-1], keras.layers.Average):
+        reason = (
+            "calibrate=false"
+            if not enabled
+            else "test-time flip: a temperature does not fold into the mean of two views"
+        )
         return {
             "applied": False,
             "temperature": 1.0,
             "fitted_temperature": None,
-            "reason": "calibrate=false",
+            "reason": reason,
             "validation": None,
         }
     images, labels = validation

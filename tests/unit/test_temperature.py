@@ -128,3 +128,12 @@ def test_calibration_can_be_turned_off() -> None:
     record = calibrate_model(model, (features, np.zeros(40, np.int32)), enabled=False)
     assert record["applied"] is False and record["reason"] == "calibrate=false"
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.layers[-1].kernel), kernel)
+
+
+def test_a_test_time_flip_model_is_left_uncalibrated_with_the_reason() -> None:
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inputs, keras.layers.Average()([dense(inputs), dense(inputs * -1)]))
+    images = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    record = calibrate_model(model, (images, np.zeros(40, dtype="int64")), enabled=True)
+    assert not record["applied"] and "test-time flip" in record["reason"]
