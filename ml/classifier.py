@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
+import ml.layers  # noqa: F401  (registers the custom layers saved models may hold)
 from ml.labels import class_names
 from ml.registry import ModelVersion
 from ml.weights import load_lite_imagenet

@@ -44,6 +44,7 @@ def run_export_job(context: WorkerContext, job_id: str) -> None:
 def _export(context: WorkerContext, model: str, version: int, fmt: str) -> dict[str, Any]:
     import keras
 
+    import ml.layers  # noqa: F401  (registers the custom layers saved models may hold)
     from ml.export import export_version
     from ml.registry import ModelRegistry
 
