@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from imgq.jobs.store import JobStore
+from imgq.redis_client import redis_client
 from imgq.settings import Settings
 from ml.registry import BUILTIN_MODEL_ID, ModelRegistry
 from tests.support.datasets import zip_archive, zip_with_symlink
@@ -137,12 +140,41 @@ def test_bad_datasets_are_refused_and_leave_nothing_behind(
         ({"base": "nosuchmodel:3"}, (404, "model_not_found")),
         ({"model": "imagenet"}, (400, "reserved_model_name")),
         ({"model": "Bad Name!"}, (422, "validation_error")),
+        ({"epochs": "automatic"}, (422, "validation_error")),
+        ({"pooling": "max"}, (422, "validation_error")),
+        ({"tta": "maybe"}, (422, "validation_error")),
+        ({"label_smoothing": "0.9"}, (422, "validation_error")),
+        ({"budget_s": "5"}, (422, "validation_error")),
+        ({"teacher": "pets"}, (422, "validation_error")),
+        ({"teacher": "nosuchmodel:1"}, (404, "model_not_found")),
+        ({"distill_alpha": "2"}, (422, "validation_error")),
     ],
 )
 def test_absurd_training_parameters_are_refused(
     client: FlaskClient, fields: dict[str, str], expected: tuple[int, str]
 ) -> None:
     assert _post(client, zip_archive(_classes({"a": 3, "b": 3})), **fields) == expected
+
+
+def test_auto_and_explicit_values_are_accepted_and_kept_for_the_job(
+    client: FlaskClient, settings: Settings
+) -> None:
+    fields = {"epochs": "auto", "pooling": "grid", "tta": "true", "budget_s": "60"}
+    response = client.post(
+        "/jobs/finetune",
+        data={
+            "model": "pets",
+            **fields,
+            "dataset": (io.BytesIO(zip_archive(_classes({"a": 3, "b": 3}))), "d.zip"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.get_json()
+    record = JobStore(redis_client(settings.redis_url), 60).fields(response.get_json()["id"])
+    params = json.loads(record["params"])
+    assert params["epochs"] == "auto" and params["unfreeze"] == "auto"
+    assert params["pooling"] == "grid" and params["tta"] is True and params["budget_s"] == 60
+    assert params["distill_alpha"] == 0.5 and "teacher" not in params
 
 
 def test_missing_dataset_part_is_invalid_request(client: FlaskClient) -> None:
