@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up first and are safe to run again.
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-accuracy container-test
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,19 @@ lint: setup
 test: lint
 	.venv/bin/python -m pytest --durations=15
 
+# The images built from docker/Dockerfile and run with podman: the compose stack and
+# `podman kube play` of deploy/overlays/podman, each with the smoke test (tests/containers; also
+# part of `make test`). The layer cache lives in /var/tmp/imgq-podman (IMGQ_PODMAN_DIR).
+container-test: setup
+	.venv/bin/python -m pytest tests/containers --durations=0 -s
+
 bench: setup
 	.venv/bin/python bench/throughput.py
 	.venv/bin/python bench/serving_path.py
+
+# Fine-tuning accuracy: old defaults vs auto, a budget and distillation, on scikit-learn's digits
+# and Debian's Tux Paint photo stamps (installed here when missing; about an hour on 2 cores).
+bench-accuracy: setup
+	@test -d /usr/share/tuxpaint/stamps || { sudo_cmd=""; [ "$$(id -u)" -eq 0 ] || sudo_cmd=sudo; \
+		$$sudo_cmd apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }
+	.venv/bin/python bench/accuracy.py

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import json
 import os
 import re
 import shutil
@@ -73,6 +74,10 @@ DEPLOY = REPO / "deploy"
 DOCKER = REPO / "docker"
 KEDA_SCHEMAS = Path(__file__).resolve().parent / "data" / "keda"
 OVERLAYS = ["cpu", "gpu", "sentinel"]
+PODMAN_OVERLAY = "podman"
+"""``cpu`` for ``podman kube play`` on one machine (tests/containers), not for a cluster: it is
+rendered and validated like the others, and its differences from ``cpu`` are pinned below; the
+checks of ``OVERLAYS`` do not apply (it drops the container ports on purpose)."""
 
 KUBERNETES_VERSION = "1.33.0"
 """Kubernetes version whose schemas the manifests must satisfy (shipped by kubernetes-validate)."""
@@ -235,7 +240,7 @@ def test_json_patch_and_image_parsing() -> None:
     assert split_image("registry:5000/imgq") == ("registry:5000/imgq", None, None)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, PODMAN_OVERLAY])
 def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -265,7 +270,7 @@ def test_a_patch_that_matches_nothing_fails_the_render(tmp_path: Path) -> None:
 # --- Schemas --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, PODMAN_OVERLAY])
 def test_every_object_is_valid_for_the_pinned_kubernetes_and_keda(overlay: str) -> None:
     manifests = rendered(overlay)
     for manifest in manifests:
@@ -283,6 +288,52 @@ def test_every_object_is_valid_for_the_pinned_kubernetes_and_keda(overlay: str) 
         "ConfigMap",
         "Secret",
     } <= kinds
+
+
+PODMAN_SETTINGS = {
+    "IMGQ_WEBHOOK_ALLOW_PRIVATE": "true",
+    "IMGQ_WEBHOOK_RETRY_SCHEDULE_S": "0,1,1",
+    "IMGQ_VISIBILITY_TIMEOUT_S": "8",
+    "IMGQ_UNACKED_RESTORE_INTERVAL_S": "1",
+    "IMGQ_MAX_BATCH_DELAY_MS": "20",
+}
+
+
+def _without_podman_differences(manifests: list[Manifest]) -> list[Any]:
+    """The objects with what the podman overlay may change taken out: container ports and
+    images, the API's liveness probe, its settings and Redis URL, generated names' hashes."""
+    for manifest in manifests:
+        manifest["metadata"].get("labels", {}).pop("imgq.io/variant", None)
+        for container in containers(manifest):
+            container.pop("ports", None)
+            container.pop("image")
+            if manifest["metadata"]["name"] == "imgq-api":
+                container.pop("livenessProbe")
+        if manifest["kind"] == "ConfigMap" and "IMGQ_MODEL_STORE" in manifest["data"]:
+            manifest["data"] = {
+                k: v for k, v in manifest["data"].items() if k not in PODMAN_SETTINGS
+            }
+        if manifest["kind"] == "Secret" and "IMGQ_REDIS_URL" in manifest["data"]:
+            manifest["data"].pop("IMGQ_REDIS_URL")
+    text = json.dumps(manifests, sort_keys=True)
+    unhashed: list[Any] = json.loads(re.sub(r"(imgq-[a-z-]+)-[a-z0-9]{10}\b", r"\1", text))
+    return unhashed
+
+
+def test_podman_overlay_is_cpu_with_only_what_kube_play_needs() -> None:
+    podman, cpu = rendered(PODMAN_OVERLAY), rendered("cpu")
+    settings = config(podman)
+    assert {key: settings[key] for key in PODMAN_SETTINGS} == PODMAN_SETTINGS
+    settings_from(settings)
+    # kube play has no Services: the Redis Deployment's pod answers to <name>-pod-0.
+    assert urlparse(secret(podman)["IMGQ_REDIS_URL"]).hostname == "imgq-redis-pod-0"
+    images = {c["image"] for m in podman for c in containers(m)}
+    assert images == {"localhost/imgq:0.1.0", "localhost/imgq-redis-standin:7"}
+    for manifest in podman:
+        assert all("ports" not in c for c in containers(manifest)), manifest["metadata"]["name"]
+    api = main_containers(one(podman, "Deployment", "imgq-api"))[0]
+    assert api["livenessProbe"]["exec"]["command"] == ["imgq-healthcheck"]
+    assert _without_podman_differences(podman) == _without_podman_differences(cpu)
 
 
 def _break_deployment_replicas(manifests: list[Manifest]) -> Manifest:
