@@ -266,7 +266,9 @@ def _finetune_in_the_browser(page: Page, screenshots: Path) -> int:
     }
     page.get_by_label("Dataset archive").set_input_files(files=[archive])
     page.get_by_label("Model name").fill(MODEL)
-    expect(page.get_by_label("Epochs", exact=True)).to_have_value("10")  # the server's default
+    epochs = page.get_by_label("Epochs", exact=True)  # the server's default: chosen from the data
+    expect(epochs).to_have_value("")
+    expect(epochs).to_have_attribute("placeholder", "auto")
     for name, value in BROWSER_FINETUNE.items():
         page.get_by_label(name, exact=True).fill(value)
     page.get_by_role("button", name="Start fine-tune").click()

@@ -19,6 +19,12 @@ const MAIN = [
   "augment",
 ];
 const MORE = [
+  "budget_s",
+  "teacher",
+  "pooling",
+  "label_smoothing",
+  "tta",
+  "mixup",
   "unfreeze",
   "fine_tune_learning_rate",
   "dropout",
@@ -36,6 +42,12 @@ const NAMES = {
   image_size: "Image size",
   learning_rate: "Learning rate",
   augment: "Augment",
+  budget_s: "Budget (s)",
+  teacher: "Teacher",
+  pooling: "Pooling",
+  label_smoothing: "Label smoothing",
+  tta: "Test-time flip",
+  mixup: "Mixup",
   unfreeze: "Unfreeze",
   fine_tune_learning_rate: "Fine-tune learning rate",
   dropout: "Dropout",
@@ -54,14 +66,46 @@ const HINTS = {
   image_size: "Pixels per side; empty: the backbone's own.",
   augment: "Random flips, crops and colour shifts while training.",
   unfreeze: "Share of the backbone's layers trained in the fine-tune phase.",
+  budget_s: "Seconds to try configurations on the validation split (empty: none).",
+  teacher: "model:version to distil from (same classes).",
+  pooling: "avg: one global average; grid: a 2 x 2 grid of it.",
+  tta: "Serve the mean over the image and its mirror (twice the cost).",
   patience: "Epochs without improvement before training stops early.",
   data_mode:
     "replace: the upload alone is the dataset's next version; append: added to its latest.",
   dataset_name: "Where the upload is kept (empty: the model's name).",
 };
 
+// A parameter that may be `auto` (oneOf: "auto" or a value), as the value's own schema with
+// `auto` set: its control starts empty (or on "auto"), and an empty control is not sent.
+function unwrapAuto(schema) {
+  const branches = schema.oneOf ?? [];
+  const value = branches.find((branch) => !(branch.enum ?? []).includes("auto"));
+  if (!value || branches.length !== 2) return schema;
+  return { ...value, auto: true, description: schema.description };
+}
+
 // One control per parameter, as its schema describes it, holding the default.
 function control(name, schema) {
+  if (schema.auto && (schema.enum || schema.type === "boolean")) {
+    const values = ["auto", ...(schema.enum ?? ["true", "false"])];
+    return h(
+      "select",
+      { name },
+      values.map((value) => h("option", { value: value === "auto" ? "" : value }, value)),
+    );
+  }
+  if (schema.auto && (schema.type === "integer" || schema.type === "number")) {
+    return h("input", {
+      type: "number",
+      name,
+      min: schema.minimum !== undefined ? String(schema.minimum) : null,
+      max: schema.maximum !== undefined ? String(schema.maximum) : null,
+      step: schema.type === "integer" ? "1" : "any",
+      value: "",
+      placeholder: "auto",
+    });
+  }
   if (schema.enum) {
     return h(
       "select",
@@ -92,11 +136,16 @@ function control(name, schema) {
 }
 
 function parameterField(name, properties) {
-  const schema = properties[name] ?? { type: "string" };
+  const schema = unwrapAuto(properties[name] ?? { type: "string" });
   const input = control(name, schema);
-  const shown = schema.default !== undefined ? `Default: ${schema.default}.` : null;
+  const shown = schema.auto
+    ? "Default: auto (chosen from the data)."
+    : schema.default !== undefined
+      ? `Default: ${schema.default}.`
+      : null;
   const hint = [HINTS[name], shown].filter(Boolean).join(" ");
-  return (schema.type === "boolean" ? checkbox : field)(NAMES[name] ?? name, input, hint);
+  const boxed = schema.type === "boolean" && !schema.auto;
+  return (boxed ? checkbox : field)(NAMES[name] ?? name, input, hint);
 }
 
 export async function renderFinetune(container, { signal }) {
