@@ -214,12 +214,11 @@ def run_dataset(
     for seed in range(seeds):
         archive = zip_splits(images, seed, shares)
         dataset = f"{name}-s{seed}"
-        first = {"dataset_name": dataset, "seed": seed}
+        stored = {"dataset_name": dataset, "seed": seed}  # the upload is stored under it
         _record(
             rows["defaults"],
-            client.train({"model": f"{dataset}-a", **first, **OLD_DEFAULTS}, archive),
+            client.train({"model": f"{dataset}-a", **stored, **OLD_DEFAULTS}, archive),
         )
-        stored = {"dataset_name": dataset, "seed": seed}
         auto = _record(rows["auto"], client.train({"model": f"{dataset}-b", **stored}, None))
         rows["auto"].notes.append(_chosen(auto))
         budget = _record(

@@ -119,13 +119,18 @@ def dataset_stats(
     )
 
 
+def _unfreeze_fraction(stats: DatasetStats) -> float:
+    """How much of the backbone a fine-tune unfreezes: more with more images a class."""
+    return 0.3 if stats.smallest_class >= MORE_UNFROZEN_FROM else 0.2
+
+
 def _choices(stats: DatasetStats, augment: bool) -> dict[str, tuple[Any, str]]:
     """Every automatic value, with why."""
     small = 0 < stats.median_side <= SMALL_IMAGE_SIDE
     grey = stats.greyscale_share >= 0.5
     grid = small or grey
     frozen = stats.smallest_class < FROZEN_BELOW
-    fraction = 0.3 if stats.smallest_class >= MORE_UNFROZEN_FROM else 0.2
+    fraction = _unfreeze_fraction(stats)
     size_reason = f"the smallest class has {stats.smallest_class} training images"
     return {
         "epochs": (
@@ -158,9 +163,8 @@ def _follow_explicit_fine_tune(
     choices: dict[str, tuple[Any, str]], explicit: Mapping[str, Any], stats: DatasetStats
 ) -> None:
     """A fine-tune asked for by one of its two parameters gets the other one to match."""
-    fraction = 0.3 if stats.smallest_class >= MORE_UNFROZEN_FROM else 0.2
     if explicit.get("fine_tune_epochs", 0) > 0 and "unfreeze" not in explicit:
-        choices["unfreeze"] = (fraction, "`fine_tune_epochs` asks for a fine-tune")
+        choices["unfreeze"] = (_unfreeze_fraction(stats), "`fine_tune_epochs` asks for a fine-tune")
     if explicit.get("unfreeze", 0) > 0 and "fine_tune_epochs" not in explicit:
         choices["fine_tune_epochs"] = (5, "`unfreeze` asks for a fine-tune")
 

@@ -9,7 +9,7 @@ trials and the final head, so what a trial scored is exactly what ships.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -44,7 +44,6 @@ class HeadResult:
     val_loss: float
     seconds: float
     epochs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

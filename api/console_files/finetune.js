@@ -95,17 +95,6 @@ function control(name, schema) {
       values.map((value) => h("option", { value: value === "auto" ? "" : value }, value)),
     );
   }
-  if (schema.auto && (schema.type === "integer" || schema.type === "number")) {
-    return h("input", {
-      type: "number",
-      name,
-      min: schema.minimum !== undefined ? String(schema.minimum) : null,
-      max: schema.maximum !== undefined ? String(schema.maximum) : null,
-      step: schema.type === "integer" ? "1" : "any",
-      value: "",
-      placeholder: "auto",
-    });
-  }
   if (schema.enum) {
     return h(
       "select",
@@ -122,8 +111,8 @@ function control(name, schema) {
       min: schema.minimum !== undefined ? String(schema.minimum) : null,
       max: schema.maximum !== undefined ? String(schema.maximum) : null,
       step: schema.type === "integer" ? "1" : "any",
-      value: schema.default !== undefined ? String(schema.default) : "",
-      placeholder: schema.default === undefined ? "default" : null,
+      value: !schema.auto && schema.default !== undefined ? String(schema.default) : "",
+      placeholder: schema.auto ? "auto" : schema.default === undefined ? "default" : null,
     });
   }
   return h("input", {
