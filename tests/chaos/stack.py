@@ -39,6 +39,23 @@ CHAOS_VISIBILITY_TIMEOUT_S = 6
 """Redelivery after a worker dies; production's 60 s scaled down, with a 1 s restore sweep."""
 
 
+def chaos_settings(settings: Settings, directory: Path, **overrides: Any) -> Settings:
+    """A private copy of ``settings`` for a fault test: its own Redis, store and uploads under
+    ``directory``, and the scaled-down redelivery and check intervals; ``overrides`` last."""
+    return settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "redis_dir": directory / "redis",
+            "model_store": str(directory / "models"),
+            "upload_dir": directory / "uploads",
+            "visibility_timeout_s": CHAOS_VISIBILITY_TIMEOUT_S,
+            "unacked_restore_interval_s": 1,
+            "predict_check_interval_s": 3,
+            **overrides,
+        }
+    )
+
+
 class Stack:
     """Redis, gunicorn, one prediction worker and one webhooks worker (the reaper), all private."""
 

@@ -33,7 +33,7 @@ from imgq.redis_client import redis_client
 from imgq.redis_keys import job_record
 from imgq.settings import Settings
 from tests.chaos.sentinels import SentinelGroup
-from tests.chaos.stack import CHAOS_VISIBILITY_TIMEOUT_S, Stream, Submission
+from tests.chaos.stack import Stream, Submission, chaos_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -58,17 +58,13 @@ def failover(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     """Sentinel-managed Redis, a prediction worker and the reaper, all on the Sentinel URL."""
     directory = tmp_path_factory.mktemp("sentinel")
     group = SentinelGroup(directory)
-    own = settings.model_copy(
-        update={
-            "redis_url": group.url,
-            "model_store": str(directory / "models"),
-            "upload_dir": directory / "uploads",
-            "ready_file": directory / "predict-ready",
-            "metrics_port": 0,
-            "visibility_timeout_s": CHAOS_VISIBILITY_TIMEOUT_S,
-            "unacked_restore_interval_s": 1,
-            "predict_check_interval_s": 3,
-        }
+    own = chaos_settings(
+        settings,
+        directory,
+        redis_url=group.url,
+        redis_dir=settings.redis_dir,  # the group runs its own servers
+        ready_file=directory / "predict-ready",
+        metrics_port=0,
     )
     api = start_api(own, directory, free_port())  # prepares the model store the worker reads
     api.stop()

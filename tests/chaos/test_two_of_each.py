@@ -56,6 +56,7 @@ from tests.chaos.stack import (
     CHAOS_VISIBILITY_TIMEOUT_S,
     Stream,
     assert_each_job_has_its_own_result,
+    chaos_settings,
     settle,
 )
 from tests.support.http import http
@@ -77,20 +78,13 @@ SERVED_VERSION = 'imgq_worker_model_version{model="imagenet",owner="system"}'
 def fleet(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """The two of each, with the fault tests' short timeouts."""
     directory = tmp_path_factory.mktemp("two-of-each")
-    own = settings.model_copy(
-        update={
-            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-            "redis_dir": directory / "redis",
-            "model_store": str(directory / "models"),
-            "upload_dir": directory / "uploads",
-            "visibility_timeout_s": CHAOS_VISIBILITY_TIMEOUT_S,
-            "unacked_restore_interval_s": 1,
-            "predict_check_interval_s": 3,
-            "webhook_connect_timeout_s": 1.0,
-            "webhook_read_timeout_s": 1.5,
-            "webhook_attempt_deadline_s": 2.0,
-            "webhook_lease_s": LEASE_S,
-        }
+    own = chaos_settings(
+        settings,
+        directory,
+        webhook_connect_timeout_s=1.0,
+        webhook_read_timeout_s=1.5,
+        webhook_attempt_deadline_s=2.0,
+        webhook_lease_s=LEASE_S,
     )
     fleet = Fleet.start(own, directory)
     yield fleet
