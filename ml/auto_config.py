@@ -17,6 +17,9 @@ always win. The rules were measured on real labelled sets (``bench/accuracy.py``
   the head trained to convergence, measured no better (the Keras transfer-learning guide's
   advice for small datasets). Larger sets unfreeze the top 20 % (30 % from
   ``MORE_UNFROZEN_FROM`` images a class) at a learning rate of 1e-4 for 5 epochs;
+* with a budget, a frozen choice is not final: what the heads' search leaves of the budget
+  may buy a fine-tune of the fraction above (``budget_fine_tune``), kept only when it scores
+  better on validation;
 * test-time flip and mixup stay off: their worth depends on the set (a mirrored digit is
   another digit), so only a budget's trials (``ml.trials``) turn them on, on validation
   evidence.
@@ -194,3 +197,17 @@ def choose_config(
     }
     config = TrainConfig(**explicit, **{k: v["value"] for k, v in chosen.items()})
     return config, {"stats": stats.document(), "chosen": chosen}
+
+
+def budget_fine_tune(params: Mapping[str, Any], stats: DatasetStats) -> float | None:
+    """The backbone fraction a budget may try to fine-tune after its heads' search.
+
+    Only where ``auto`` chose a frozen backbone: a fine-tune (or none) asked for explicitly,
+    by either of its two parameters, is the user's.
+    """
+    explicit = {k for k, v in params.items() if v != AUTO}
+    if explicit & {"unfreeze", "fine_tune_epochs"}:
+        return None
+    if stats.smallest_class >= FROZEN_BELOW:
+        return None  # auto fine-tunes already
+    return _unfreeze_fraction(stats)

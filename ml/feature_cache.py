@@ -8,6 +8,7 @@ student train on these arrays instead of running the backbone again.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import keras
@@ -22,6 +23,8 @@ class FeatureCache:
     """Features by split, pooling and view (``False``: as given, ``True``: mirrored)."""
 
     features: dict[tuple[str, str, bool], NDArray[np.float32]] = field(default_factory=dict)
+    seconds_per_image: float = 0.0
+    """What the backbone's forward pass took per image (what a fine-tune epoch will cost)."""
 
     @property
     def poolings(self) -> tuple[str, ...]:
@@ -56,10 +59,13 @@ def extract_features(
     """
     extractor = pooled_features_model(backbone)
     cache = FeatureCache()
+    started, passed = time.monotonic(), 0
     for split, images in images_by_split.items():
         for flipped in (False, True) if flips else (False,):
             view = images[:, :, ::-1] if flipped else images
             outputs = extractor.predict(view, batch_size=batch_size, verbose=0)
+            passed += len(view)
             for pooling, values in outputs.items():
                 cache.features[(split, pooling, flipped)] = np.asarray(values, dtype=np.float32)
+    cache.seconds_per_image = (time.monotonic() - started) / max(passed, 1)
     return cache

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from ml.auto_config import choose_config, dataset_stats
+from ml.auto_config import budget_fine_tune, choose_config, dataset_stats
 from ml.backbones import BACKBONES, WeightSources, load_backbone
 from ml.dataset_ingest import IngestRequest, ingest_archive
 from ml.dataset_store import DatasetStore, DatasetVersion
@@ -270,6 +270,7 @@ def _train_logged(
     hooks: TrainingHooks,
     scratch: Path,
     teacher: Teacher | None,
+    fine_tune_fraction: float | None,
 ) -> tuple[TrainingOutcome, bytes]:
     """Train both phases with TensorBoard logging; the logs come back zipped, their folder gone.
 
@@ -286,6 +287,7 @@ def _train_logged(
             hooks=hooks,
             log_dir=Path(log_dir),
             budget_s=request.budget_s,
+            budget_fine_tune=fine_tune_fraction,
             teacher=None if teacher is None else teacher.soft_labels,
         )
         return outcome, zip_logs(Path(log_dir))
@@ -327,7 +329,14 @@ def run_finetune(
         )
     )
     outcome, tensorboard_zip = _train_logged(
-        backbone, splits, request, config, hooks=hooks, scratch=scratch, teacher=teacher
+        backbone,
+        splits,
+        request,
+        config,
+        hooks=hooks,
+        scratch=scratch,
+        teacher=teacher,
+        fine_tune_fraction=budget_fine_tune(request.train_params, stats),
     )
     config = outcome.config or config
     calibration = calibrate_model(

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import keras
 import numpy as np
@@ -40,7 +40,7 @@ from ml.train_targets import (
     sample_weights,
     training_targets,
 )
-from ml.trials import Trial, search
+from ml.trials import Trial, better, fine_tune_epochs_within, record_trial, search
 
 __all__ = [
     "ClassifierParts",
@@ -196,6 +196,10 @@ class _Progress(keras.callbacks.Callback):
         self.latest: dict[str, float] = {}
         self.epoch = 0
 
+    def report_now(self) -> None:
+        """Publish the progress as it stands (a budget's trials once one more has ended)."""
+        self._report()
+
     def _report(self) -> None:
         done = self.offset + self.epoch
         per_epoch = (time.monotonic() - self.started) / max(self.epoch, 1)
@@ -272,8 +276,10 @@ def _fit_images(
     config: TrainConfig,
     progress: _Progress,
     log_dir: Path | None,
+    deadline: float | None = None,
 ) -> dict[str, list[float]]:
-    """Fit the full model on images (phase 2, or phase 1 with augmentation on)."""
+    """Fit the full model on images (phase 2, or phase 1 with augmentation on); with a
+    ``deadline`` (``time.monotonic``), no epoch starts that would end after it."""
     num_classes = int(parts.head[-1].units)
     compile_for_targets(
         parts.model,
@@ -299,12 +305,27 @@ def _fit_images(
         ),
         epochs=epochs,
         shuffle=False,  # the tf.data pipeline shuffles each epoch itself
-        callbacks=_callbacks(config, progress, log_dir),
+        callbacks=_callbacks(config, progress, log_dir)
+        + ([] if deadline is None else [_Deadline(deadline)]),
         verbose=0,
     )
     if progress.canceled:
         raise TrainingCanceled
     return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+class _Deadline(keras.callbacks.Callback):
+    """Stops training before an epoch that would end after ``deadline`` (a budget's end)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        per_epoch = (time.monotonic() - self.started) / (epoch + 1)
+        if time.monotonic() + per_epoch > self.deadline:
+            self.model.stop_training = True
 
 
 def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
@@ -324,6 +345,18 @@ def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
+class _HeadPhase(NamedTuple):
+    """What phase 1 ended with."""
+
+    config: TrainConfig
+    best: HeadResult
+    trials: list[Trial]
+    seconds_per_image: float
+    """The backbone's forward pass per image, as extracting the features took."""
+    deadline: float | None
+    """When a budget ends (``time.monotonic``), counted from the start of its search."""
+
+
 def _head_phase(
     backbone: keras.Model,
     num_classes: int,
@@ -334,7 +367,7 @@ def _head_phase(
     total_epochs: int,
     budget_s: float | None,
     log_dir: Path | None,
-) -> tuple[TrainConfig, HeadResult, list[Trial]]:
+) -> _HeadPhase:
     """Phase 1 on cached features: one head, or a budget's search for the best one."""
     backbone.trainable = False
     cache = extract_features(
@@ -362,7 +395,8 @@ def _head_phase(
         return result
 
     if budget_s is None:
-        return config, train_one(config), []
+        return _HeadPhase(config, train_one(config), [], cache.seconds_per_image, None)
+    deadline = time.monotonic() + budget_s
     reported: list[dict[str, Any]] = []
 
     def report(trials: list[Trial]) -> None:
@@ -376,7 +410,78 @@ def _head_phase(
         flips=cache.has_flips,
         report=report,
     )
-    return best_config, best, trials
+    return _HeadPhase(best_config, best, trials, cache.seconds_per_image, deadline)
+
+
+def _fine_tune_trial(
+    parts: ClassifierParts,
+    data: TrainingData,
+    config: TrainConfig,
+    phase: _HeadPhase,
+    *,
+    fraction: float,
+    hooks: TrainingHooks,
+    log_dir: Path | None,
+) -> tuple[TrainConfig, dict[str, list[float]]]:
+    """A budget's last trial: the top ``fraction`` of the backbone fine-tuned under the best
+    head, in as many epochs as fit before the budget ends, kept only when it scores better on
+    the validation split than the head alone (else the weights go back as they were). The
+    trial is appended to ``phase.trials``.
+
+    Returns:
+        The config the model now has, and the trial's history when it was kept (else empty).
+    """
+    best, trials, deadline = phase.best, phase.trials, phase.deadline or 0.0
+    images = (len(data.train[1]), len(data.validation[1]))
+    remaining = deadline - time.monotonic()
+    epochs = fine_tune_epochs_within(remaining, phase.seconds_per_image, images)
+    if epochs == 0:
+        return config, {}
+    started = time.monotonic()
+    candidate = dataclasses.replace(config, unfreeze=fraction, fine_tune_epochs=epochs)
+    before = parts.model.get_weights()
+    unfreeze_top(parts.backbone, fraction)
+    progress = _Progress(
+        hooks,
+        "fine_tune",
+        best.epochs,
+        best.epochs + epochs,
+        {"trials": [trial.document() for trial in trials]},
+    )
+    history = _fit_images(
+        parts,
+        data,
+        epochs=epochs,
+        learning_rate=candidate.fine_tune_learning_rate,
+        config=candidate,
+        progress=progress,
+        log_dir=log_dir,
+        deadline=deadline,
+    )
+    val_accuracy, val_loss = _validation_scores(parts.model, data.validation)
+    candidate = dataclasses.replace(candidate, fine_tune_epochs=len(history.get("loss", [])))
+    result = HeadResult(
+        [], history, val_accuracy, val_loss, time.monotonic() - started, candidate.fine_tune_epochs
+    )
+    trials.append(record_trial(len(trials) + 1, candidate, result, fine_tuned=True))
+    progress.extra["trials"] = [trial.document() for trial in trials]
+    progress.report_now()
+    if progress.canceled:
+        raise TrainingCanceled
+    if better(result, best):
+        return candidate, history
+    parts.model.set_weights(before)
+    return config, {}
+
+
+def _validation_scores(
+    model: keras.Model, validation: tuple[NDArray[np.uint8], NDArray[np.int32]]
+) -> tuple[float, float]:
+    """Accuracy and negative log-likelihood of the true labels, as the model serves."""
+    images, truth = validation
+    probabilities = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
+    picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)
+    return float(np.mean(np.argmax(probabilities, 1) == truth)), float(-np.mean(np.log(picked)))
 
 
 def train_classifier(
@@ -389,6 +494,7 @@ def train_classifier(
     hooks: TrainingHooks,
     log_dir: Path | None = None,
     budget_s: float | None = None,
+    budget_fine_tune: float | None = None,
     teacher: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
 ) -> TrainingOutcome:
     """Run both phases and return the trained classifier with its merged history.
@@ -405,6 +511,9 @@ def train_classifier(
             ``fine_tune/``); None writes none.
         budget_s: seconds phase 1 may spend trying configurations (``ml.trials``); None
             trains ``config`` alone. Needs cached features (``augment`` off).
+        budget_fine_tune: the fraction of the backbone a budget may fine-tune with what is
+            left of it after the heads' search, when ``config`` has no fine-tune (``auto``
+            left the backbone frozen); None tries none.
         teacher: a teacher's probabilities for the training and validation images, to
             distil (``ml.train_targets``).
 
@@ -422,7 +531,7 @@ def train_classifier(
     # One strategy for the model's whole life: variables made under one MirroredStrategy
     # cannot be trained under another, so both phases reuse the one that built the model.
     strategy = _strategy()
-    trials: list[Trial] = []
+    phase: _HeadPhase | None = None
     with strategy.scope():
         if config.augment:
             parts = build_classifier(backbone, num_classes, config)
@@ -437,7 +546,7 @@ def train_classifier(
                 log_dir=None if log_dir is None else log_dir / "head",
             )
         else:
-            config, best, trials = _head_phase(
+            phase = _head_phase(
                 backbone,
                 num_classes,
                 data,
@@ -447,12 +556,34 @@ def train_classifier(
                 budget_s=budget_s,
                 log_dir=None if log_dir is None else log_dir / "head",
             )
-            parts = build_classifier(backbone, num_classes, config, best.head)
-            history = best.history
+            config = phase.config
+            parts = build_classifier(backbone, num_classes, config, phase.best.head)
+            history = phase.best.history
     outcome = TrainingOutcome(parts.model, history, len(history.get("loss", [])))
-    outcome.config, outcome.trials = config, trials
+    outcome.config, outcome.trials = config, [] if phase is None else phase.trials
     outcome.phase_seconds["head"] = time.monotonic() - started
-    if config.fine_tune_epochs > 0 and config.unfreeze > 0:
+    if (
+        phase is not None
+        and phase.deadline is not None
+        and budget_fine_tune
+        and not (config.fine_tune_epochs > 0 and config.unfreeze > 0)
+    ):
+        started = time.monotonic()
+        with strategy.scope():
+            config, tuned = _fine_tune_trial(
+                parts,
+                data,
+                config,
+                phase,
+                fraction=budget_fine_tune,
+                hooks=hooks,
+                log_dir=None if log_dir is None else log_dir / "fine_tune",
+            )
+        for key, values in tuned.items():
+            outcome.history.setdefault(key, []).extend(values)
+        outcome.config = config
+        outcome.phase_seconds["fine_tune"] = time.monotonic() - started
+    elif config.fine_tune_epochs > 0 and config.unfreeze > 0:
         started = time.monotonic()
         with strategy.scope():
             unfreeze_top(parts.backbone, config.unfreeze)

@@ -8,12 +8,18 @@ flip, mixup, learning rate, dropout) is moved to each of its other values, and a
 when it scores better on validation (accuracy first, then loss). It ends when the knobs run
 out or the next trial would not fit in the budget (its cost estimated from the trials so far).
 
+Where ``auto`` left the backbone frozen, what remains of the budget may then buy one last
+trial that is not on cached features: the top of the backbone fine-tuned under the best head
+(``ml.train``), as many epochs as fit (``fine_tune_epochs_within``), kept only when it scores
+better on validation too.
+
 The test split is never passed in: selection sees train and validation features only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +36,13 @@ KNOBS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("dropout", (0.2, 0.5)),
 )
 """The knobs a budget searches and the values each may take."""
+
+FINE_TUNE_TRIAL_EPOCHS = 5
+"""The most epochs a budget's fine-tune trial trains."""
+
+FINE_TUNE_STEP_COST = 1.5
+"""A training image's cost in a fine-tune epoch, in backbone forward passes (measured about
+one on a CPU with the top 20 % unfrozen; the backward pass of a larger part costs more)."""
 
 
 @dataclass
@@ -55,7 +68,8 @@ class Trial:
         }
 
 
-def _better(result: HeadResult, best: HeadResult) -> bool:
+def better(result: HeadResult, best: HeadResult) -> bool:
+    """Whether ``result`` beats ``best`` on validation: accuracy first, then loss."""
     return (result.val_accuracy, -result.val_loss) > (best.val_accuracy, -best.val_loss)
 
 
@@ -98,7 +112,7 @@ def search(
     """
     started = clock()
     best_config, best = config, train(config)
-    trials = [_trial(1, config, best)]
+    trials = [record_trial(1, config, best)]
     report(trials)
     knob_moves = _candidates(config, poolings, flips)
     for move in knob_moves:
@@ -108,15 +122,38 @@ def search(
             break
         candidate = dataclasses.replace(best_config, **move)
         result = train(candidate)
-        trials.append(_trial(len(trials) + 1, candidate, result))
+        trials.append(record_trial(len(trials) + 1, candidate, result))
         report(trials)
-        if _better(result, best):
+        if better(result, best):
             best_config, best = candidate, result
     return best_config, best, trials
 
 
-def _trial(number: int, config: Any, result: HeadResult) -> Trial:
+def fine_tune_epochs_within(
+    remaining_s: float, seconds_per_image: float, images: tuple[int, int]
+) -> int:
+    """How many epochs of a fine-tune trial fit in ``remaining_s`` (0: none, so none is run).
+
+    Args:
+        remaining_s: what is left of the budget.
+        seconds_per_image: the backbone's forward pass per image, as extracting features took.
+        images: training and validation images (each epoch trains on one, scores the other).
+    """
+    train, validation = images
+    epoch_s = seconds_per_image * (train * FINE_TUNE_STEP_COST + validation)
+    if epoch_s <= 0:
+        return 0
+    return max(0, min(FINE_TUNE_TRIAL_EPOCHS, math.floor(remaining_s / epoch_s)))
+
+
+def record_trial(
+    number: int, config: Any, result: HeadResult, *, fine_tuned: bool = False
+) -> Trial:
+    """A trial as listed: its knobs, how much of the backbone it fine-tuned (none for a head on
+    cached features), and its scores."""
     params = {knob: getattr(config, knob) for knob, _ in KNOBS}
+    params["unfreeze"] = config.unfreeze if fine_tuned else 0.0
+    params["fine_tune_epochs"] = config.fine_tune_epochs if fine_tuned else 0
     return Trial(
         number, params, result.val_accuracy, result.val_loss, result.seconds, result.epochs
     )

@@ -7,7 +7,14 @@ import io
 import numpy as np
 from PIL import Image
 
-from ml.auto_config import AUTO, FROZEN_BELOW, DatasetStats, choose_config, dataset_stats
+from ml.auto_config import (
+    AUTO,
+    FROZEN_BELOW,
+    DatasetStats,
+    budget_fine_tune,
+    choose_config,
+    dataset_stats,
+)
 
 
 def _stats(side: int, grey: float, smallest: int) -> DatasetStats:
@@ -85,3 +92,11 @@ def test_asking_for_a_fine_tune_with_one_parameter_sets_the_other() -> None:
     assert "fine_tune_epochs" in auto["chosen"]["unfreeze"]["reason"]
     config, _ = choose_config({"unfreeze": 0.5}, _stats(28, 1.0, 20))
     assert config.unfreeze == 0.5 and config.fine_tune_epochs == 5
+
+
+def test_a_budget_may_try_a_fine_tune_only_where_auto_froze_the_backbone() -> None:
+    assert budget_fine_tune({}, _stats(28, 1.0, 140)) == 0.2
+    assert budget_fine_tune({"unfreeze": AUTO, "epochs": 3}, _stats(28, 1.0, 140)) == 0.2
+    assert budget_fine_tune({}, _stats(300, 0.0, FROZEN_BELOW)) is None  # auto fine-tunes
+    assert budget_fine_tune({"unfreeze": 0.0}, _stats(28, 1.0, 140)) is None
+    assert budget_fine_tune({"fine_tune_epochs": 0}, _stats(28, 1.0, 140)) is None

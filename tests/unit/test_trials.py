@@ -12,7 +12,7 @@ import ml.train
 from ml import feature_cache
 from ml.head_training import HeadResult
 from ml.train import TrainConfig, train_classifier
-from ml.trials import KNOBS, search
+from ml.trials import FINE_TUNE_TRIAL_EPOCHS, KNOBS, fine_tune_epochs_within, search
 
 
 class _Clock:
@@ -125,3 +125,72 @@ def test_a_budgeted_training_extracts_and_scores_train_and_validation_only(
     assert seen == [{"train", "validation"}]
     assert outcome.trials and outcome.config is not None
     assert outcome.model.predict(images[:2], verbose=0).shape == (2, 2)
+
+
+def test_a_fine_tune_trial_gets_the_epochs_that_fit_and_none_when_one_does_not() -> None:
+    # 100 training images at 1.5 passes and 20 validation images: 170 passes an epoch
+    assert fine_tune_epochs_within(10 * 170 * 0.01, 0.01, (100, 20)) == FINE_TUNE_TRIAL_EPOCHS
+    assert fine_tune_epochs_within(2.5 * 170 * 0.01, 0.01, (100, 20)) == 2
+    assert fine_tune_epochs_within(0.9 * 170 * 0.01, 0.01, (100, 20)) == 0
+    assert fine_tune_epochs_within(-5, 0.01, (100, 20)) == 0
+    assert fine_tune_epochs_within(100, 0.0, (100, 20)) == 0
+
+
+def _separable(count: int) -> tuple[Any, Any]:
+    rng = np.random.default_rng(1)
+    labels = (np.arange(count) % 2).astype(np.int32)
+    images = rng.integers(0, 60, (count, 16, 16, 3)).astype(np.uint8)
+    images[labels == 1, :8] += 150  # class 1 is bright at the top
+    return images, labels
+
+
+@pytest.mark.parametrize("rate", [1e-3, 10.0])  # 10: the fine-tune diverges and is undone
+def test_what_a_budget_leaves_buys_a_fine_tune_trial_kept_only_if_validation_improves(
+    rate: float,
+) -> None:
+    images, labels = _separable(32)
+    train, validation = (images[:24], labels[:24]), (images[24:], labels[24:])
+    frozen = TrainConfig(epochs=2, fine_tune_epochs=0, unfreeze=0.0, fine_tune_learning_rate=rate)
+    backbone = _tiny_backbone(16)
+    outcome = train_classifier(
+        backbone,
+        2,
+        train,
+        validation,
+        config=frozen,
+        hooks=_Quiet(),
+        budget_s=600,
+        budget_fine_tune=0.5,
+    )
+    last = outcome.trials[-1].document()
+    assert last["params"]["unfreeze"] == 0.5 and last["params"]["fine_tune_epochs"] >= 1
+    assert all(t.params["unfreeze"] == 0.0 for t in outcome.trials[:-1])  # heads: frozen
+    head_best = max(outcome.trials[:-1], key=lambda t: (t.val_accuracy, -t.val_loss))
+    kept = (last["val_accuracy"], -last["val_loss"]) > (head_best.val_accuracy, -head_best.val_loss)
+    assert outcome.config is not None
+    assert (outcome.config.unfreeze == 0.5) is kept
+    assert not kept or rate < 1
+    # the model's validation scores are the kept trial's: the fine-tune or the head before it
+    probabilities = outcome.model.predict(validation[0], verbose=0)
+    accuracy = float(np.mean(np.argmax(probabilities, 1) == validation[1]))
+    assert accuracy == pytest.approx(last["val_accuracy"] if kept else head_best.val_accuracy)
+    assert not any(layer.trainable for layer in backbone.layers if layer.weights)
+
+
+def test_no_fine_tune_trial_without_the_time_or_without_the_ask() -> None:
+    images, labels = _separable(32)
+    train, validation = (images[:24], labels[:24]), (images[24:], labels[24:])
+    frozen = TrainConfig(epochs=2, fine_tune_epochs=0, unfreeze=0.0)
+    for budget_s, fraction in ((600.0, None), (0.001, 0.5)):
+        outcome = train_classifier(
+            _tiny_backbone(16),
+            2,
+            train,
+            validation,
+            config=frozen,
+            hooks=_Quiet(),
+            budget_s=budget_s,
+            budget_fine_tune=fraction,
+        )
+        assert all(t.params["unfreeze"] == 0.0 for t in outcome.trials)
+        assert outcome.config is not None and outcome.config.unfreeze == 0.0
