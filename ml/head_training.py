@@ -44,6 +44,8 @@ class HeadResult:
     val_loss: float
     seconds: float
     epochs: int = 0
+    val_images: int = 0
+    """How many validation images the scores are over (how much a difference in them means)."""
 
 
 @dataclass(frozen=True)
@@ -133,4 +135,5 @@ def train_head_on_features(
         val_loss=float(-np.mean(np.log(picked))),
         seconds=time.monotonic() - started,
         epochs=len(history.history.get("loss", [])),
+        val_images=len(truth),
     )

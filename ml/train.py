@@ -461,7 +461,13 @@ def _fine_tune_trial(
     val_accuracy, val_loss = _validation_scores(parts.model, data.validation)
     candidate = dataclasses.replace(candidate, fine_tune_epochs=len(history.get("loss", [])))
     result = HeadResult(
-        [], history, val_accuracy, val_loss, time.monotonic() - started, candidate.fine_tune_epochs
+        [],
+        history,
+        val_accuracy,
+        val_loss,
+        time.monotonic() - started,
+        candidate.fine_tune_epochs,
+        val_images=len(data.validation[1]),
     )
     trials.append(record_trial(len(trials) + 1, candidate, result, fine_tuned=True))
     progress.extra["trials"] = [trial.document() for trial in trials]

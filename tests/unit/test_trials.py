@@ -12,7 +12,15 @@ import ml.train
 from ml import feature_cache
 from ml.head_training import HeadResult
 from ml.train import TrainConfig, train_classifier
-from ml.trials import FINE_TUNE_TRIAL_EPOCHS, KNOBS, fine_tune_epochs_within, search
+from ml.trials import (
+    FINE_TUNE_TRIAL_EPOCHS,
+    KNOBS,
+    better,
+    fine_tune_epochs_within,
+    noise_margin,
+    record_trial,
+    search,
+)
 
 
 class _Clock:
@@ -144,40 +152,58 @@ def _separable(count: int) -> tuple[Any, Any]:
     return images, labels
 
 
-@pytest.mark.parametrize("rate", [1e-3, 10.0])  # 10: the fine-tune diverges and is undone
+def _first_trial_only(config: TrainConfig, train: Any, **_: Any) -> Any:
+    """The search cut to its first trial (the starting config, really trained)."""
+    result = train(config)
+    return config, result, [record_trial(1, config, result)]
+
+
+@pytest.mark.parametrize(("rate", "kept"), [(3e-2, True), (10.0, False)])  # 10: it diverges
 def test_what_a_budget_leaves_buys_a_fine_tune_trial_kept_only_if_validation_improves(
-    rate: float,
+    monkeypatch: pytest.MonkeyPatch, rate: float, kept: bool
 ) -> None:
-    images, labels = _separable(32)
-    train, validation = (images[:24], labels[:24]), (images[24:], labels[24:])
-    frozen = TrainConfig(epochs=2, fine_tune_epochs=0, unfreeze=0.0, fine_tune_learning_rate=rate)
+    monkeypatch.setattr(ml.train, "search", _first_trial_only)
+    images, labels = _separable(48)
+    train, validation = (images[:32], labels[:32]), (images[32:], labels[32:])
+    weak_head = TrainConfig(  # a head that learns nothing; the fine-tune has to
+        epochs=1,
+        learning_rate=1e-6,
+        fine_tune_epochs=0,
+        unfreeze=0.0,
+        fine_tune_learning_rate=rate,
+        batch_size=8,
+    )
     backbone = _tiny_backbone(16)
+    before = [weights.copy() for weights in backbone.get_weights()]
     outcome = train_classifier(
         backbone,
         2,
         train,
         validation,
-        config=frozen,
+        config=weak_head,
         hooks=_Quiet(),
         budget_s=600,
-        budget_fine_tune=0.5,
+        budget_fine_tune=1.0,
     )
-    last = outcome.trials[-1].document()
-    assert last["params"]["unfreeze"] == 0.5 and last["params"]["fine_tune_epochs"] >= 1
-    assert all(t.params["unfreeze"] == 0.0 for t in outcome.trials[:-1])  # heads: frozen
-    head_best = max(outcome.trials[:-1], key=lambda t: (t.val_accuracy, -t.val_loss))
-    kept = (last["val_accuracy"], -last["val_loss"]) > (head_best.val_accuracy, -head_best.val_loss)
-    assert outcome.config is not None
-    assert (outcome.config.unfreeze == 0.5) is kept
-    assert not kept or rate < 1
-    # the model's validation scores are the kept trial's: the fine-tune or the head before it
+    head, tuned = (trial.document() for trial in outcome.trials)
+    assert head["params"]["unfreeze"] == 0.0 and head["params"]["fine_tune_epochs"] == 0
+    assert tuned["params"]["unfreeze"] == 1.0 and tuned["params"]["fine_tune_epochs"] >= 1
+    assert outcome.config is not None and (outcome.config.unfreeze == 1.0) is kept
+    # the model scores as the trial it kept; an undone fine-tune leaves the backbone as it was
     probabilities = outcome.model.predict(validation[0], verbose=0)
     accuracy = float(np.mean(np.argmax(probabilities, 1) == validation[1]))
-    assert accuracy == pytest.approx(last["val_accuracy"] if kept else head_best.val_accuracy)
+    assert accuracy == pytest.approx((tuned if kept else head)["val_accuracy"])
+    unchanged = all(
+        np.array_equal(a, b) for a, b in zip(before, backbone.get_weights(), strict=True)
+    )
+    assert unchanged is not kept
     assert not any(layer.trainable for layer in backbone.layers if layer.weights)
 
 
-def test_no_fine_tune_trial_without_the_time_or_without_the_ask() -> None:
+def test_no_fine_tune_trial_without_the_time_or_without_the_ask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ml.train, "search", _first_trial_only)
     images, labels = _separable(32)
     train, validation = (images[:24], labels[:24]), (images[24:], labels[24:])
     frozen = TrainConfig(epochs=2, fine_tune_epochs=0, unfreeze=0.0)
@@ -194,3 +220,17 @@ def test_no_fine_tune_trial_without_the_time_or_without_the_ask() -> None:
         )
         assert all(t.params["unfreeze"] == 0.0 for t in outcome.trials)
         assert outcome.config is not None and outcome.config.unfreeze == 0.0
+
+
+def test_a_move_must_beat_the_validation_splits_noise_to_be_kept() -> None:
+    def result(correct: int) -> HeadResult:
+        return HeadResult([], {}, correct / 400, 0.1, 1.0, epochs=1, val_images=400)
+
+    assert noise_margin(0.98, 400) == pytest.approx(0.007, abs=1e-4)  # 2.8 images
+    assert noise_margin(1.0, 400) == pytest.approx(1 / 400)  # never below one image
+    assert noise_margin(0.9, 0) == 0  # unknown count: any gain
+    assert not better(result(393), result(392))  # one image is noise
+    assert not better(result(394), result(392))
+    assert better(result(395), result(392))  # three images beat 2.8
+    lower_loss = HeadResult([], {}, 392 / 400, 0.01, 1.0, epochs=1, val_images=400)
+    assert not better(lower_loss, result(392))  # loss breaks no tie
