@@ -83,6 +83,15 @@ def predict_validation(
     return np.asarray(probabilities, dtype=np.float32)
 
 
+def validation_scores(
+    probabilities: NDArray[np.floating[Any]], truth: NDArray[np.int32]
+) -> tuple[float, float]:
+    """Accuracy and negative log-likelihood of the true labels: how every trial is scored, a
+    head on cached features or a fine-tuned model alike."""
+    picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)
+    return float(np.mean(np.argmax(probabilities, 1) == truth)), float(-np.mean(np.log(picked)))
+
+
 def train_head_on_features(
     cache: FeatureCache,
     data: HeadData,
@@ -126,14 +135,13 @@ def train_head_on_features(
         verbose=0,
     )
     probabilities = predict_validation(model, cache, params.pooling, params.tta)
-    truth = data.val_labels
-    picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)
+    val_accuracy, val_loss = validation_scores(probabilities, data.val_labels)
     return HeadResult(
         head=head,
         history={k: [float(v) for v in values] for k, values in history.history.items()},
-        val_accuracy=float(np.mean(np.argmax(probabilities, 1) == truth)),
-        val_loss=float(-np.mean(np.log(picked))),
+        val_accuracy=val_accuracy,
+        val_loss=val_loss,
         seconds=time.monotonic() - started,
         epochs=len(history.history.get("loss", [])),
-        val_images=len(truth),
+        val_images=len(data.val_labels),
     )

@@ -30,7 +30,13 @@ from numpy.typing import NDArray
 
 from ml.backbones import with_pooling
 from ml.feature_cache import extract_features
-from ml.head_training import HeadData, HeadResult, make_head, train_head_on_features
+from ml.head_training import (
+    HeadData,
+    HeadResult,
+    make_head,
+    train_head_on_features,
+    validation_scores,
+)
 from ml.layers import HorizontalFlip
 from ml.tensorboard_logs import tensorboard_callback
 from ml.train_targets import (
@@ -458,7 +464,8 @@ def _fine_tune_trial(
         log_dir=log_dir,
         deadline=deadline,
     )
-    val_accuracy, val_loss = _validation_scores(parts.model, data.validation)
+    probabilities = parts.model.predict(data.validation[0], verbose=0)
+    val_accuracy, val_loss = validation_scores(probabilities, data.validation[1])
     candidate = dataclasses.replace(candidate, fine_tune_epochs=len(history.get("loss", [])))
     result = HeadResult(
         [],
@@ -478,16 +485,6 @@ def _fine_tune_trial(
         return candidate, history
     parts.model.set_weights(before)
     return config, {}
-
-
-def _validation_scores(
-    model: keras.Model, validation: tuple[NDArray[np.uint8], NDArray[np.int32]]
-) -> tuple[float, float]:
-    """Accuracy and negative log-likelihood of the true labels, as the model serves."""
-    images, truth = validation
-    probabilities = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
-    picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)
-    return float(np.mean(np.argmax(probabilities, 1) == truth)), float(-np.mean(np.log(picked)))
 
 
 def train_classifier(
@@ -568,13 +565,10 @@ def train_classifier(
     outcome = TrainingOutcome(parts.model, history, len(history.get("loss", [])))
     outcome.config, outcome.trials = config, [] if phase is None else phase.trials
     outcome.phase_seconds["head"] = time.monotonic() - started
-    if (
-        phase is not None
-        and phase.deadline is not None
-        and budget_fine_tune
-        and not (config.fine_tune_epochs > 0 and config.unfreeze > 0)
-    ):
-        started = time.monotonic()
+    asked = config.fine_tune_epochs > 0 and config.unfreeze > 0
+    tuned: dict[str, list[float]] | None = None
+    started = time.monotonic()
+    if not asked and budget_fine_tune and phase is not None and phase.deadline is not None:
         with strategy.scope():
             config, tuned = _fine_tune_trial(
                 parts,
@@ -585,12 +579,8 @@ def train_classifier(
                 hooks=hooks,
                 log_dir=None if log_dir is None else log_dir / "fine_tune",
             )
-        for key, values in tuned.items():
-            outcome.history.setdefault(key, []).extend(values)
         outcome.config = config
-        outcome.phase_seconds["fine_tune"] = time.monotonic() - started
-    elif config.fine_tune_epochs > 0 and config.unfreeze > 0:
-        started = time.monotonic()
+    elif asked:
         with strategy.scope():
             unfreeze_top(parts.backbone, config.unfreeze)
             tuned = _fit_images(
@@ -602,6 +592,7 @@ def train_classifier(
                 progress=_Progress(hooks, "fine_tune", config.epochs, total),
                 log_dir=None if log_dir is None else log_dir / "fine_tune",
             )
+    if tuned is not None:
         for key, values in tuned.items():
             outcome.history.setdefault(key, []).extend(values)
         outcome.phase_seconds["fine_tune"] = time.monotonic() - started
